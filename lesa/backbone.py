@@ -1,0 +1,157 @@
+"""ResNet backbones whose stages 3-4 take any fusion strategy.
+
+The layout follows torchvision's ResNet (v1.5: stride on the 3x3 conv), so with fusion="conv"
+`resnet50` has exactly torchvision's parameter count. As in the paper, the 3x3 conv of every
+bottleneck in the attention stages becomes a LESA2d, except the first block of stage 3, which
+keeps its strided conv.
+"""
+from __future__ import annotations
+
+import difflib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .block import LESA2d, check_fusion
+
+
+@dataclass(frozen=True)
+class Arch:
+    layers: tuple[int, int, int, int]
+    widths: tuple[int, int, int, int]  # bottleneck (mid) widths per stage
+    expansion: int = 4
+    stem: str = "imagenet"  # imagenet: 7x7/2 conv + 3x3/2 max pool; small: 3x3/2 conv + max pool;
+    stem_width: int = 64    # cifar: 3x3/1 conv, no pooling
+    out_scale: int = 1  # output width = widths[i] * expansion / out_scale (2 for wide nets)
+    note: str = ""
+
+
+ARCHS: dict[str, Arch] = {
+    "resnet50": Arch((3, 4, 6, 3), (64, 128, 256, 512), note="ImageNet/COCO scale"),
+    "resnet26": Arch((2, 2, 2, 2), (64, 128, 256, 512), note="ImageNet/COCO scale"),
+    "wrn50": Arch((3, 4, 6, 3), (128, 256, 512, 1024), out_scale=2, note="wide ResNet-50-2"),
+    "resnet_tiny": Arch((1, 1, 1, 1), (16, 32, 64, 128), stem="cifar", stem_width=16,
+                        note="CPU-sized, for 32x32 inputs"),
+    "resnet_small": Arch((1, 1, 2, 1), (16, 32, 64, 128), stem="small", stem_width=16,
+                         note="CPU-sized, for 128x128 inputs (detection)"),
+}
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, in_channels: int, mid: int, out_channels: int, stride: int, dilation: int,
+                 fusion: str, heads: int, max_size: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = LESA2d(mid, heads=heads, fusion=fusion, stride=stride, dilation=dilation,
+                            max_size=max_size)  # includes its BN
+        self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.conv2(out))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _stem(kind: str, width: int, in_channels: int) -> tuple[nn.Sequential, int]:
+    if kind == "imagenet":
+        layers = [nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+        return nn.Sequential(*layers), 4
+    if kind == "small":
+        layers = [nn.Conv2d(in_channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width),
+                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+        return nn.Sequential(*layers), 4
+    layers = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+              nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers), 1
+
+
+class ResNet(nn.Module):
+    """A bottleneck ResNet with LESA in `attention_stages` (numbered 1-4; the paper uses 3, 4).
+
+    forward(x) gives logits when built with num_classes, else pooled features (B, C).
+    forward_features(x) gives the OrderedDict {"layer1".."layer4"} of feature maps a detector
+    needs; `feature_channels` and `feature_strides` describe them. output_stride=16 runs stage
+    4 at stride 1 (the paper's ImageNet layout; its convs are dilated).
+    """
+
+    def __init__(self, arch: Arch, fusion: str = "dynamic", num_classes: int | None = None,
+                 heads: int = 8, output_stride: int = 32, attention_stages=(3, 4),
+                 max_size: int = 64, in_channels: int = 3):
+        super().__init__()
+        check_fusion(fusion)
+        if output_stride not in (16, 32):
+            raise ValueError(f"output_stride must be 16 or 32, not {output_stride}")
+        self.stem, stride_so_far = _stem(arch.stem, arch.stem_width, in_channels)
+        channels = arch.stem_width
+        self.feature_channels, self.feature_strides = [], []
+        for index, (blocks, mid) in enumerate(zip(arch.layers, arch.widths)):
+            stage = index + 1
+            stride = 1 if stage == 1 else 2
+            dilation = 1
+            if stage == 4 and output_stride == 16:
+                stride, dilation = 1, 2
+            out_channels = mid * arch.expansion // arch.out_scale
+            stage_blocks = []
+            for b in range(blocks):
+                block_stride = stride if b == 0 else 1
+                use_attention = stage in attention_stages and not (stage == 3 and b == 0)
+                stage_blocks.append(Bottleneck(
+                    channels, mid, out_channels, block_stride, dilation,
+                    fusion if use_attention else "conv", heads, max_size))
+                channels = out_channels
+            setattr(self, f"layer{stage}", nn.Sequential(*stage_blocks))
+            stride_so_far *= stride
+            self.feature_channels.append(channels)
+            self.feature_strides.append(stride_so_far)
+        self.out_channels = channels
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes) if num_classes else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        x = self.stem(x)
+        features = OrderedDict()
+        for stage in range(1, 5):
+            x = getattr(self, f"layer{stage}")(x)
+            features[f"layer{stage}"] = x
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(self.pool(x), 1)
+        return self.fc(x) if self.fc is not None else x
+
+
+def build_backbone(name: str, fusion: str = "dynamic", num_classes: int | None = None,
+                   **kwargs) -> ResNet:
+    """Build a backbone by name (`lesa.ARCHS`): resnet50, resnet26, wrn50, resnet_tiny (32x32
+    inputs), resnet_small (128x128 inputs). kwargs go to `ResNet` (heads, output_stride,
+    attention_stages, max_size, in_channels)."""
+    if name not in ARCHS:
+        close = difflib.get_close_matches(name, ARCHS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown backbone {name!r}{hint}; choose from {', '.join(ARCHS)}")
+    return ResNet(ARCHS[name], fusion=fusion, num_classes=num_classes, **kwargs)

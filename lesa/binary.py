@@ -1,0 +1,153 @@
+"""The binary (context) term of LESA: global multi-head self-attention with 2-D relative logits.
+
+Logits, per head, between query position i = (y_i, x_i) and key position j = (y_j, x_j):
+
+    s_ij = q_i . k_j / sqrt(d)  +  q_i . r_h[y_j - y_i]  +  q_i . r_w[x_j - x_i]
+
+The release normalises each logit term with its own BatchNorm instead of scaling; we use the
+1/sqrt(d) scaling (the common modern choice), which is what lets every strategy run through
+`F.scaled_dot_product_attention` (SDPA) without an L x L bias.
+
+The relative logits are folded into SDPA by widening q and k (no L x L tensor is built):
+q_i . r_h[y_j - y_i] is a function of (i, y_j) only, so it equals [q_i . r_h[y - y_i]]_y (a
+length-H vector per query) dotted with onehot(y_j) (a constant per key). Same for x. So
+
+    q'_i = [q_i / sqrt(d), (q_i . r_h[y - y_i])_y, (q_i . r_w[x - x_i])_x]
+    k'_j = [k_j,          onehot(y_j),            onehot(x_j)]
+
+and s_ij = q'_i . k'_j exactly. The diagonal weight a_ii (needed by `softmax` and by the share
+report of `sa`) comes out of the same SDPA call via one extra "sink" key whose logit for query i
+is s_ii and whose value is a unit channel: the sink's weight is a_ii / (1 + a_ii).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RelativePosition2d(nn.Module):
+    """Decomposed 2-D relative position tables on the query side (BoTNet style).
+
+    Tables cover offsets up to `max_size - 1` in each direction, so any feature map up to
+    max_size x max_size works (smaller maps use the central slice of the tables).
+    """
+
+    def __init__(self, dim: int, max_size: int = 64):
+        super().__init__()
+        self.max_size = max_size
+        self.rel_h = nn.Parameter(torch.randn(2 * max_size - 1, dim) * dim**-0.5)
+        self.rel_w = nn.Parameter(torch.randn(2 * max_size - 1, dim) * dim**-0.5)
+
+    def _logits(self, q: torch.Tensor, table: torch.Tensor, n: int, axis: int) -> torch.Tensor:
+        # q: (B, heads, H, W, d). Relative logits for offsets -(n-1)..(n-1), then re-indexed to
+        # absolute key coordinates: out[..., a_i, t] = q_i . table[t - a_i] for t in 0..n-1.
+        m = self.max_size
+        rel = q @ table[m - n : m + n - 1].t()  # (B, heads, H, W, 2n-1)
+        pos = torch.arange(n, device=q.device)
+        index = pos[None, :] - pos[:, None] + (n - 1)  # [a_i, t] -> t - a_i + n - 1
+        shape = [1, 1, n, 1, n] if axis == 0 else [1, 1, 1, n, n]
+        index = index.view(shape).expand(*rel.shape[:-1], n)
+        return rel.gather(-1, index)
+
+    def forward(self, q: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (B, heads, L, d) -> logits over key rows (B, heads, L, H) and columns (..., W)."""
+        if height > self.max_size or width > self.max_size:
+            raise ValueError(
+                f"feature map {height}x{width} is larger than the relative position tables "
+                f"({self.max_size}x{self.max_size}); build the model with a larger max_size"
+            )
+        b, h, length, d = q.shape
+        q2d = q.view(b, h, height, width, d)
+        by_row = self._logits(q2d, self.rel_h, height, axis=0)
+        by_col = self._logits(q2d, self.rel_w, width, axis=1)
+        return by_row.reshape(b, h, length, height), by_col.reshape(b, h, length, width)
+
+
+def _position_onehots(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """(L, H + W): row j is [onehot(y_j), onehot(x_j)] for raster position j."""
+    rows = torch.eye(height, dtype=like.dtype, device=like.device).repeat_interleave(width, 0)
+    cols = torch.eye(width, dtype=like.dtype, device=like.device).repeat(height, 1)
+    return torch.cat([rows, cols], dim=1)
+
+
+class BinaryTerm(nn.Module):
+    """Global multi-head self-attention over all H*W positions (the context term).
+
+    One 1x1 projection C -> 2C then BN gives, per head, q and k of C/(2*heads) channels and v of
+    C/heads channels (C/16 and C/8 with the paper's 8 heads). The heads are concatenated and
+    BN'd; there is no output projection (the bottleneck's next 1x1 conv plays that role).
+    """
+
+    def __init__(self, channels: int, heads: int = 8, max_size: int = 64):
+        super().__init__()
+        if channels % (2 * heads):
+            raise ValueError(f"channels ({channels}) must be divisible by 2 * heads ({2 * heads})")
+        self.heads = heads
+        self.qk_dim = channels // (2 * heads)
+        self.v_dim = channels // heads
+        self.qkv = nn.Conv2d(channels, 2 * channels, 1, bias=False)
+        self.qkv_bn = nn.BatchNorm2d(2 * channels)
+        self.rel = RelativePosition2d(self.qk_dim, max_size)
+        self.out_bn = nn.BatchNorm2d(channels)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> q, k (B, heads, L, C/2heads) and v (B, heads, L, C/heads)."""
+        b, c, height, width = x.shape
+        qkv = self.qkv_bn(self.qkv(x)).flatten(2).transpose(1, 2)  # (B, L, 2C)
+        q, k, v = qkv.split([c // 2, c // 2, c], dim=-1)
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        return split(q), split(k), split(v)
+
+    def widen(self, q: torch.Tensor, k: torch.Tensor, height: int, width: int):
+        """q', k' whose plain dot product is the full logit s_ij (see the module docstring)."""
+        by_row, by_col = self.rel(q, height, width)
+        q_wide = torch.cat([q * self.qk_dim**-0.5, by_row, by_col], dim=-1)
+        onehots = _position_onehots(height, width, k).expand(*k.shape[:2], -1, -1)
+        k_wide = torch.cat([k, onehots], dim=-1)
+        return q_wide, k_wide
+
+    def attend(self, q, k, v, height: int, width: int, diagonal: str = "keep"):
+        """Attention output per head (B, heads, L, dv) and, if asked, the diagonal weights a_ii.
+
+        diagonal: "keep" (plain attention), "mask" (j = i removed, renormalised over j != i),
+        or "report" (plain attention plus a_ii (B, heads, L) from the same SDPA call).
+        """
+        q_wide, k_wide = self.widen(q, k, height, width)
+        if diagonal == "keep":
+            return F.scaled_dot_product_attention(q_wide, k_wide, v, scale=1.0), None
+        if diagonal == "mask":
+            length = q.shape[-2]
+            # rank-4 float mask without grad: keeps SDPA on its fused CPU kernel
+            mask = torch.zeros(1, 1, length, length, dtype=q.dtype, device=q.device)
+            mask.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+            return F.scaled_dot_product_attention(q_wide, k_wide, v, attn_mask=mask, scale=1.0), None
+        if diagonal != "report":
+            raise ValueError(f"diagonal must be keep, mask or report, not {diagonal!r}")
+        # one extra key (the sink) whose logit for query i is s_ii and whose value is a unit
+        # channel: with Z_i = sum_j exp(s_ij), the sink weight is e^{s_ii} / (Z_i + e^{s_ii}).
+        s_ii = (q_wide * k_wide).sum(-1, keepdim=True)  # (B, heads, L, 1)
+        zeros_q = torch.zeros_like(s_ii)
+        q_sink = torch.cat([q_wide, s_ii], dim=-1)
+        k_sink = torch.cat([k_wide, zeros_q], dim=-1)
+        unit_key = torch.zeros_like(k_sink[..., :1, :])
+        unit_key[..., -1] = 1.0
+        k_sink = torch.cat([k_sink, unit_key], dim=-2)
+        v_sink = F.pad(v, (0, 1, 0, 1))
+        v_sink[..., -1, -1] = 1.0
+        out = F.scaled_dot_product_attention(q_sink, k_sink, v_sink, scale=1.0)
+        sink = out[..., -1]  # a_ii / (1 + a_ii), at most 1/2
+        keep = 1.0 - sink
+        return out[..., :-1] / keep.unsqueeze(-1), sink / keep
+
+    def merge(self, heads_out: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B, heads, L, dv) -> BN(concat heads) as (B, C, H, W)."""
+        b = heads_out.shape[0]
+        y = heads_out.transpose(1, 2).reshape(b, height, width, -1).permute(0, 3, 1, 2)
+        return self.out_bn(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        q, k, v = self.project(x)
+        out, _ = self.attend(q, k, v, height, width)
+        return self.merge(out, height, width)

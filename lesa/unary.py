@@ -1,0 +1,23 @@
+"""The unary (local) term of LESA: a convolution that strengthens a position's view of itself."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class UnaryTerm(nn.Module):
+    """U = BN(Conv1x1(GroupConv3x3(x, groups=heads))), C channels in and out.
+
+    This is the classification release's unary branch (the detection release swaps the grouped
+    3x3 for a deformable one). Grouping by heads keeps channel groups aligned with the attention
+    heads, so head h of the unary term sits next to head h of the binary term in `softmax`.
+    """
+
+    def __init__(self, channels: int, heads: int = 8):
+        super().__init__()
+        self.local = nn.Conv2d(channels, channels, 3, padding=1, groups=heads, bias=False)
+        self.mix = nn.Conv2d(channels, channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.mix(self.local(x)))
