@@ -32,7 +32,7 @@ ARCHS: dict[str, Arch] = {
     "resnet50": Arch((3, 4, 6, 3), (64, 128, 256, 512), note="ImageNet/COCO scale"),
     "resnet26": Arch((2, 2, 2, 2), (64, 128, 256, 512), note="ImageNet/COCO scale"),
     "wrn50": Arch((3, 4, 6, 3), (128, 256, 512, 1024), out_scale=2, note="wide ResNet-50-2"),
-    "resnet_tiny": Arch((1, 1, 1, 1), (16, 32, 64, 128), stem="cifar", stem_width=16,
+    "resnet_tiny": Arch((1, 1, 1, 1), (8, 16, 32, 64), stem="cifar", stem_width=16,
                         note="CPU-sized, for 32x32 inputs"),
     "resnet_small": Arch((1, 1, 2, 1), (16, 32, 64, 128), stem="small", stem_width=16,
                          note="CPU-sized, for 128x128 inputs (detection)"),
@@ -74,6 +74,8 @@ def _stem(kind: str, width: int, in_channels: int) -> tuple[nn.Sequential, int]:
         layers = [nn.Conv2d(in_channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width),
                   nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
         return nn.Sequential(*layers), 4
+    if kind != "cifar":
+        raise ValueError(f"unknown stem {kind!r}: imagenet, small or cifar")
     layers = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
               nn.ReLU(inplace=True)]
     return nn.Sequential(*layers), 1

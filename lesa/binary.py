@@ -18,6 +18,15 @@ length-H vector per query) dotted with onehot(y_j) (a constant per key). Same fo
 and s_ij = q'_i . k'_j exactly. The diagonal weight a_ii (needed by `softmax` and by the share
 report of `sa`) comes out of the same SDPA call via one extra "sink" key whose logit for query i
 is s_ii and whose value is a unit channel: the sink's weight is a_ii / (1 + a_ii).
+
+Speed (see bench/profile.py): torch's fused CPU attention kernel (and the GPU flash kernel) needs
+q/k and v of one head width; with unequal widths SDPA silently takes its math path, which builds
+the L x L weights (about 2x slower at 1024 tokens and O(L^2) memory). Every call here therefore
+goes through `fused_sdpa`, which zero-pads q, k and v to one common width (a multiple of 8): zero
+channels change no dot product and give output channels that are sliced off. Measured
+alternatives (an explicit L x L bias built from the tables, the math path) were slower on CPU at
+every size from 64 to 4096 tokens, and the bias costs O(L^2) memory, so there is no dispatch.
+The diagonal mask of "mask" is a rank-4 float mask without grad, which the fused kernel takes.
 """
 from __future__ import annotations
 
@@ -62,6 +71,55 @@ class RelativePosition2d(nn.Module):
         by_row = self._logits(q2d, self.rel_h, height, axis=0)
         by_col = self._logits(q2d, self.rel_w, width, axis=1)
         return by_row.reshape(b, h, length, height), by_col.reshape(b, h, length, width)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def fused_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T + mask) v (no scaling), through SDPA's fused kernel.
+
+    q/k and v are zero-padded to one common width, a multiple of 8 (see the module docstring):
+    the fused CPU kernel (and GPU flash) refuses unequal widths and would fall back to the math
+    path. The padding is exact: zero channels add nothing to q.k and give zero output channels.
+    """
+    dv = v.shape[-1]
+    width = _round_up(max(q.shape[-1], dv), 8)
+
+    def pad(t):
+        return t if t.shape[-1] == width else F.pad(t, (0, width - t.shape[-1]))
+
+    out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask, scale=1.0)
+    return out if dv == width else out[..., :dv]
+
+
+def _unit_row(t: torch.Tensor) -> torch.Tensor:
+    """(..., 1, E + 1) zeros with a 1 in the last channel: the sink's key or value."""
+    row = torch.zeros(t.shape[-1] + 1, dtype=t.dtype, device=t.device)
+    row[-1] = 1.0
+    return row.expand(*t.shape[:-2], 1, -1)
+
+
+def attend_with_sink(q_wide: torch.Tensor, k_wide: torch.Tensor, v: torch.Tensor,
+                     s_ii: torch.Tensor, mask: torch.Tensor | None = None):
+    """Plain attention plus the diagonal weights a_ii, from one fused SDPA call.
+
+    One extra key (the sink) whose logit for query i is s_ii and whose value is a unit channel:
+    with Z_i = sum_j exp(s_ij), the sink weight is e^{s_ii} / (Z_i + e^{s_ii}) = a_ii / (1 + a_ii).
+    q_wide, k_wide (..., Lq / Lk, E), v (..., Lk, dv), s_ii (..., Lq, 1); mask, if given, is a
+    float mask over (Lq, Lk) that gets a zero column for the sink. Returns (out, a_ii).
+    """
+    q_sink = torch.cat([q_wide, s_ii], dim=-1)
+    k_sink = torch.cat([F.pad(k_wide, (0, 1)), _unit_row(k_wide)], dim=-2)
+    v_sink = torch.cat([F.pad(v, (0, 1)), _unit_row(v)], dim=-2)
+    if mask is not None:
+        mask = F.pad(mask, (0, 1))
+    out = fused_sdpa(q_sink, k_sink, v_sink, mask)
+    sink = out[..., -1]  # a_ii / (1 + a_ii), at most 1/2
+    keep = 1.0 - sink
+    return out[..., :-1] / keep.unsqueeze(-1), sink / keep
 
 
 def _position_onehots(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
@@ -113,32 +171,28 @@ class BinaryTerm(nn.Module):
         diagonal: "keep" (plain attention), "mask" (j = i removed, renormalised over j != i),
         or "report" (plain attention plus a_ii (B, heads, L) from the same SDPA call).
         """
+        if diagonal not in ("keep", "mask", "report"):
+            raise ValueError(f"diagonal must be keep, mask or report, not {diagonal!r}")
+        length = q.shape[-2]
+        if diagonal == "mask" and length == 1:
+            # nothing is left after removing j = i: the empty sum is 0 (fused kernels on some
+            # devices give NaN for a fully masked row)
+            return v * 0.0, None
         q_wide, k_wide = self.widen(q, k, height, width)
         if diagonal == "keep":
-            return F.scaled_dot_product_attention(q_wide, k_wide, v, scale=1.0), None
+            return fused_sdpa(q_wide, k_wide, v), None
         if diagonal == "mask":
-            length = q.shape[-2]
             # rank-4 float mask without grad: keeps SDPA on its fused CPU kernel
             mask = torch.zeros(1, 1, length, length, dtype=q.dtype, device=q.device)
             mask.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
-            return F.scaled_dot_product_attention(q_wide, k_wide, v, attn_mask=mask, scale=1.0), None
-        if diagonal != "report":
-            raise ValueError(f"diagonal must be keep, mask or report, not {diagonal!r}")
-        # one extra key (the sink) whose logit for query i is s_ii and whose value is a unit
-        # channel: with Z_i = sum_j exp(s_ij), the sink weight is e^{s_ii} / (Z_i + e^{s_ii}).
-        s_ii = (q_wide * k_wide).sum(-1, keepdim=True)  # (B, heads, L, 1)
-        zeros_q = torch.zeros_like(s_ii)
-        q_sink = torch.cat([q_wide, s_ii], dim=-1)
-        k_sink = torch.cat([k_wide, zeros_q], dim=-1)
-        unit_key = torch.zeros_like(k_sink[..., :1, :])
-        unit_key[..., -1] = 1.0
-        k_sink = torch.cat([k_sink, unit_key], dim=-2)
-        v_sink = F.pad(v, (0, 1, 0, 1))
-        v_sink[..., -1, -1] = 1.0
-        out = F.scaled_dot_product_attention(q_sink, k_sink, v_sink, scale=1.0)
-        sink = out[..., -1]  # a_ii / (1 + a_ii), at most 1/2
-        keep = 1.0 - sink
-        return out[..., :-1] / keep.unsqueeze(-1), sink / keep
+            return fused_sdpa(q_wide, k_wide, v, mask), None
+        return attend_with_sink(q_wide, k_wide, v, self.self_logits(q, k))
+
+    def self_logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """s_ii (..., L, 1): offset (0, 0), so q_i . (k_i / sqrt(d) + r_h[0] + r_w[0])."""
+        m = self.rel.max_size
+        at_zero = self.rel.rel_h[m - 1] + self.rel.rel_w[m - 1]
+        return (q * (k * self.qk_dim**-0.5 + at_zero)).sum(-1, keepdim=True)
 
     def merge(self, heads_out: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B, heads, L, dv) -> BN(concat heads) as (B, C, H, W)."""

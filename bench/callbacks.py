@@ -1,0 +1,148 @@
+"""Lightning callbacks of the suite: costs and shares, status progress, plain log lines."""
+from __future__ import annotations
+
+import sys
+import time
+
+import lightning as L
+import torch
+
+import lesa
+
+
+def count_flops(module: torch.nn.Module, example: torch.Tensor) -> int:
+    """Forward FLOPs of one example (torch.utils.flop_counter, as Lightning's summary does)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(example.to(next(module.parameters()).device))
+    finally:
+        module.train(was_training)
+    return counter.get_total_flops()
+
+
+class CostsAndShares(L.Callback):
+    """Parameters, GFLOPs, training images/s and the unary/binary shares of the backbone.
+
+    Shares are recorded only during validation and test (off the training hot path) and logged
+    per stage ("val/unary_share", "val/unary_share_layer3", ...). `summary` collects the final
+    numbers for the run's metrics.json.
+    """
+
+    def __init__(self):
+        self.summary: dict = {}
+        self._train_images = 0
+        self._train_seconds = 0.0
+        self._t0 = None
+
+    def on_fit_start(self, trainer, pl_module):
+        backbone = pl_module.backbone
+        self.summary["params"] = sum(p.numel() for p in pl_module.parameters())
+        self.summary["backbone_params"] = sum(p.numel() for p in backbone.parameters())
+        lesa.record_shares(backbone, False)
+        flops = count_flops(backbone, pl_module.example_input_array)
+        self.summary["gflops"] = flops / 1e9
+        lesa.record_shares(backbone, False)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        lesa.record_shares(pl_module.backbone, False)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._t0 is not None and batch_idx > 0:  # the first batch pays one-off costs
+            self._train_seconds += time.perf_counter() - self._t0
+            self._train_images += _batch_size(batch)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._train_seconds > 0:
+            self.summary["train_images_per_s"] = self._train_images / self._train_seconds
+
+    def _start_eval(self, pl_module):
+        lesa.record_shares(pl_module.backbone, True)
+        lesa.reset_shares(pl_module.backbone)
+
+    def _end_eval(self, pl_module, stage: str):
+        shares = lesa.shares(pl_module.backbone, running=True)
+        if shares["unary"] is None:
+            return
+        pl_module.log(f"{stage}/unary_share", shares["unary"])
+        by_stage: dict[str, list[float]] = {}
+        for name, value in shares["per_module"].items():
+            by_stage.setdefault(name.split(".")[0], []).append(value["unary"])
+        per_stage = {k: sum(v) / len(v) for k, v in by_stage.items()}
+        for name, value in per_stage.items():
+            pl_module.log(f"{stage}/unary_share_{name}", value)
+        self.summary[f"{stage}_shares"] = {"unary": shares["unary"], "binary": shares["binary"],
+                                           "per_stage": per_stage}
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._start_eval(pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._end_eval(pl_module, "val")
+        lesa.record_shares(pl_module.backbone, False)
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._start_eval(pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._end_eval(pl_module, "test")
+
+
+def _batch_size(batch) -> int:
+    x = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return len(x) if hasattr(x, "__len__") else 1
+
+
+class StatusProgress(L.Callback):
+    """Keeps status.json's progress (epoch, step) current, for `lesa-bench status`."""
+
+    def __init__(self, run_dir, every_s: float = 5.0):
+        self.run_dir = run_dir
+        self.every_s = every_s
+        self._last = 0.0
+
+    def _write(self, trainer):
+        if trainer.is_global_zero:
+            self.run_dir.update_status(epoch=trainer.current_epoch, step=trainer.global_step,
+                                       max_epochs=trainer.max_epochs)
+            self._last = time.monotonic()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._write(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if time.monotonic() - self._last > self.every_s:
+            self._write(trainer)
+
+
+class LogLines(L.Callback):
+    """Plain periodic log lines, used instead of a live progress bar when stdout is no terminal
+    (cluster logs keep every line, where a live display would print only its final state)."""
+
+    def __init__(self, label: str, every_s: float = 30.0):
+        self.label = label
+        self.every_s = every_s
+        self._last = time.monotonic()
+
+    def _print(self, text: str) -> None:
+        print(f"  {self.label} {text}", file=sys.stdout, flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if time.monotonic() - self._last > self.every_s:
+            self._last = time.monotonic()
+            self._print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
+                        f"batch {batch_idx + 1}/{trainer.num_training_batches}")
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith("val/") and "share_" not in k}
+        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        self._print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {shown}")

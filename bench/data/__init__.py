@@ -1,0 +1,70 @@
+"""LightningDataModules, looked up by the experiment's `data.name`.
+
+This file is import-light on purpose (no torch): the config validator and `--dry-run` read the
+dataset names, their task and their options from DATASETS without building anything.
+
+Contract for every datamodule class named here:
+
+    class SomeData(L.LightningDataModule):
+        def __init__(self, *, seed, root, download, batch_size, num_workers, **options): ...
+            # options: exactly the keys of its DatasetSpec.options
+        num_classes: int; in_channels: int    (known after __init__)
+        def check(self) -> None:               # raise DataError on unusable input, before training
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+
+
+class DataError(ValueError):
+    """Unusable data: the message names the file or folder and says what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    task: str  # "classification" or "detection"
+    target: str  # "module:Class" under bench.data
+    options: dict = field(default_factory=dict)  # dataset-specific data.* keys and defaults
+
+
+# keys every dataset takes
+COMMON_OPTIONS = {"name": "digits", "root": None, "download": False, "batch_size": 64,
+                  "num_workers": 0}
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec("classification", "classification:DigitsData", {
+        "image_size": 32, "val_fraction": 0.15, "test_fraction": 0.2, "augment": True}),
+    "cifar10": DatasetSpec("classification", "classification:CIFAR10Data", {
+        "image_size": 32, "val_fraction": 0.1, "augment": True}),
+    "cifar100": DatasetSpec("classification", "classification:CIFAR100Data", {
+        "image_size": 32, "val_fraction": 0.1, "augment": True}),
+    "imagefolder": DatasetSpec("classification", "classification:ImageFolderData", {
+        "image_size": 224, "augment": True}),
+    # detection; objects / object_size (px) / distractors are [low, high] per canvas
+    "digit_scenes": DatasetSpec("detection", "detection:DigitScenesData", {
+        "image_size": 128, "train_images": 384, "val_images": 32, "test_images": 128,
+        "objects": [3, 10], "object_size": [6, 32], "distractors": [2, 6]}),
+    # paths relative to data.root unless absolute; test: null/unset -> val is the test split
+    "coco": DatasetSpec("detection", "detection:COCOData", {
+        "train": {"images": "train", "annotations": "annotations/train.json"},
+        "val": {"images": "val", "annotations": "annotations/val.json"},
+        "test": {"images": None, "annotations": None}}),
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        close = difflib.get_close_matches(str(name), DATASETS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataError(f"unknown dataset {name!r}{hint}; choose from {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def build_datamodule(data: dict, seed: int):
+    """Build the datamodule for a validated `data` config section."""
+    spec = dataset_spec(data["name"])
+    module_name, class_name = spec.target.split(":")
+    cls = getattr(importlib.import_module(f"bench.data.{module_name}"), class_name)
+    return cls(seed=seed, **{k: v for k, v in data.items() if k != "name"})

@@ -1,0 +1,233 @@
+"""The runner: trains the runs of an experiment that are not done yet, one after another.
+
+Each run owns its folder in the store (bench/store.py). A run that is done is skipped; one that
+is unfinished resumes from its last checkpoint; a run locked by a live process elsewhere is left
+to it. A failing run is marked failed with its reason and the matrix goes on; Ctrl-C (or
+SIGTERM) saves a checkpoint, marks the run interrupted and stops.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.config import Experiment, Run
+from bench.store import RunDir, experiment_dir, now
+
+_DONE, _FAILED, _SKIPPED, _INTERRUPTED = "done", "failed", "skipped", "interrupted"
+
+
+class RunInterrupted(Exception):
+    pass
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*does not have many workers.*", ".*number of training batches.*",
+                    ".*LeafSpec.*", ".*treespec.*", ".*Checkpoint directory.*exists.*",
+                    ".*Experiment logs directory.*exists.*", ".*TreeSpec.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monitor: str, mode: str):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    from bench.callbacks import LogLines, StatusProgress
+
+    class SaveOnInterrupt(OnExceptionCheckpoint):
+        """Checkpoint on Ctrl-C/SIGTERM only: a crash must not overwrite the good last.ckpt."""
+
+        def on_exception(self, trainer, pl_module, exception):
+            if isinstance(exception, KeyboardInterrupt):
+                super().on_exception(trainer, pl_module, exception)
+
+    t = run.config["trainer"]
+    interactive = sys.stdout.isatty()
+    callbacks = [
+        ModelCheckpoint(dirpath=run_dir.checkpoints, filename="best", monitor=monitor, mode=mode,
+                        save_top_k=1, save_last=True, auto_insert_metric_name=False),
+        SaveOnInterrupt(dirpath=run_dir.checkpoints, filename="last"),
+        StatusProgress(run_dir),
+        RichProgressBar() if interactive else LogLines(label),
+        *callbacks,
+    ]
+    return L.Trainer(
+        default_root_dir=run_dir.path,
+        logger=CSVLogger(run_dir.path, name="logs", version=""),
+        callbacks=callbacks,
+        enable_progress_bar=interactive,
+        enable_model_summary=False,
+        max_epochs=t["max_epochs"], accelerator=t["accelerator"], devices=t["devices"],
+        strategy=t["strategy"], num_nodes=t["num_nodes"], precision=t["precision"],
+        limit_train_batches=t["limit_train_batches"], limit_val_batches=t["limit_val_batches"],
+        limit_test_batches=t["limit_test_batches"], gradient_clip_val=t["gradient_clip_val"],
+        accumulate_grad_batches=t["accumulate_grad_batches"],
+        check_val_every_n_epoch=t["check_val_every_n_epoch"],
+        log_every_n_steps=t["log_every_n_steps"],
+    )
+
+
+def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) -> dict:
+    """Train (or resume) and test one run; write metrics.json. Returns the metrics.
+
+    Raises RunInterrupted on Ctrl-C/SIGTERM (after Lightning saved a checkpoint).
+    """
+    import lightning as L
+    import torch
+
+    from bench.callbacks import CostsAndShares
+    from bench.data import build_datamodule, dataset_spec
+    from bench.tasks import TASKS, build_task
+
+    _quiet_lightning()
+    cfg = run.config
+    spec = TASKS[dataset_spec(cfg["data"]["name"]).task]
+    L.seed_everything(cfg["seed"], workers=True, verbose=False)
+    datamodule = build_datamodule(cfg["data"], cfg["seed"])
+    datamodule.check()
+    task = build_task(cfg, datamodule)
+    costs = CostsAndShares()
+    trainer = build_trainer(run, run_dir, [costs, *extra_callbacks], label, spec.monitor, spec.mode)
+    resume = run_dir.last_checkpoint if run_dir.last_checkpoint.exists() else None
+    if resume is not None:
+        resumed_epoch = torch.load(resume, map_location="cpu", weights_only=False).get("epoch", 0)
+        run_dir.update_status(resumed_from_epoch=resumed_epoch)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+    except SystemExit:  # Lightning's answer to KeyboardInterrupt, after on_exception hooks ran
+        raise RunInterrupted() from None
+    if trainer.interrupted:
+        raise RunInterrupted()
+    best = trainer.checkpoint_callback.best_model_path
+    tested = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    score = trainer.checkpoint_callback.best_model_score
+    return {
+        "test": test_metrics,
+        "best_val": {spec.monitor: float(score) if score is not None else None},
+        "epochs": trainer.current_epoch,
+        "costs": {k: costs.summary.get(k) for k in ("params", "backbone_params", "gflops",
+                                                    "train_images_per_s")},
+        "shares": costs.summary.get("test_shares"),
+        "val_shares": costs.summary.get("val_shares"),
+    }
+
+
+def _describe(run: Run) -> str:
+    c = run.config
+    return f"{c['model']['fusion']:<8} {c['data']['name']:<12} seed {c['seed']}"
+
+
+def execute(run: Run, run_dir: RunDir, console: Console, label: str = "",
+            extra_callbacks=()) -> str:
+    """Run one cell: lock, mark running, train/resume, record done/failed/interrupted."""
+    run_dir.create(run.config)
+    if not run_dir.try_lock():
+        console.print(f"  [yellow]{label} {run.id}: running in another process, left to it")
+        return _SKIPPED
+    start = time.time()
+    previous = run_dir.status()
+    run_dir.update_status(state="running", error=None, host=socket.gethostname(),
+                          pid=os.getpid(), started=now(),
+                          attempts=previous.get("attempts", 0) + 1)
+    try:
+        metrics = train_run(run, run_dir, label, extra_callbacks)
+        metrics["elapsed_s"] = time.time() - start + previous.get("elapsed_s", 0.0)
+        run_dir.write_metrics(metrics)
+        run_dir.update_status(state="done", finished=now(), elapsed_s=metrics["elapsed_s"])
+        return _DONE
+    except (RunInterrupted, KeyboardInterrupt):
+        run_dir.update_status(state="interrupted", error="interrupted (Ctrl-C or SIGTERM)",
+                              elapsed_s=time.time() - start + previous.get("elapsed_s", 0.0))
+        raise RunInterrupted() from None
+    except Exception as err:  # noqa: BLE001 - one run's failure must not stop the matrix
+        (run_dir.path / "error.log").write_text(traceback.format_exc())
+        reason = f"{type(err).__name__}: {err}"
+        run_dir.update_status(state="failed", error=reason, finished=now(),
+                              elapsed_s=time.time() - start + previous.get("elapsed_s", 0.0))
+        console.print(f"  [red]{label} failed: {reason}")
+        return _FAILED
+    finally:
+        run_dir.unlock()
+
+
+def preflight(runs: list[Run]) -> None:
+    """Check every distinct dataset before anything trains (a bad root fails now, not later)."""
+    from bench.data import build_datamodule
+
+    seen = set()
+    for run in runs:
+        key = repr(sorted(run.config["data"].items()))
+        if key not in seen:
+            seen.add(key)
+            build_datamodule(run.config["data"], run.config["seed"]).check()
+
+
+def select(runs: list[Run], root: Path, retry_failed: bool = False) -> tuple[list[Run], dict]:
+    """The runs to train: everything not done and not failed, or (retry_failed) only failed."""
+    todo, counts = [], {}
+    for run in runs:
+        state = RunDir(root / run.id).status().get("state", "pending")
+        counts[state] = counts.get(state, 0) + 1
+        if (state == "failed") if retry_failed else state not in ("done", "failed"):
+            todo.append(run)
+    return todo, counts
+
+
+def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Console,
+                   retry_failed: bool = False) -> int:
+    """Train the runs not done yet. Exit code: 0 all done, 1 some failed, 130 interrupted."""
+    root = experiment_dir(results, exp.name)
+    todo, counts = select(runs, root, retry_failed)
+    known = ", ".join(f"{n} {state}" for state, n in counts.items())
+    console.print(f"[bold]{exp.name}[/]: {len(runs)} runs ({known}); {len(todo)} to run "
+                  f"-> {root}")
+    if counts.get("failed") and not retry_failed:
+        console.print(f"  {counts['failed']} failed before: not retried (add --retry-failed)")
+    if todo:
+        preflight(todo)
+    outcomes = {}
+    t0 = time.time()
+    for i, run in enumerate(todo, 1):
+        run_dir = RunDir(root / run.id)
+        label = f"[{i}/{len(todo)}] {_describe(run)}"
+        resuming = run_dir.last_checkpoint.exists()
+        console.print(f"{label}  {'resuming' if resuming else 'starting'} {run.id}")
+        t = time.time()
+        try:
+            outcome = execute(run, run_dir, console, label)
+        except RunInterrupted:
+            console.print(f"[yellow]interrupted: {run.id} saved; run the same command to "
+                          f"resume it")
+            return 130
+        outcomes[run.id] = outcome
+        if outcome == _DONE:
+            headline = _headline(run_dir)
+            console.print(f"  [green]done[/] in {time.time() - t:.1f}s {headline}")
+    failed = [r for r, o in outcomes.items() if o == _FAILED]
+    console.print(f"finished {len(outcomes)} runs in {time.time() - t0:.0f}s: "
+                  f"{sum(o == _DONE for o in outcomes.values())} done, {len(failed)} failed, "
+                  f"{sum(o == _SKIPPED for o in outcomes.values())} left to other processes")
+    for run_id in failed:
+        console.print(f"  [red]failed[/] {run_id}: {RunDir(root / run_id).status().get('error')}")
+    still_failed = [r.id for r in runs if RunDir(root / r.id).status().get("state") == "failed"]
+    if still_failed and not failed:
+        console.print(f"  {len(still_failed)} runs are failed from before (--retry-failed)")
+    return 1 if still_failed else 0
+
+
+def _headline(run_dir: RunDir) -> str:
+    metrics = (run_dir.metrics() or {}).get("test", {})
+    shown = [f"{k}={v:.4f}" for k, v in metrics.items()
+             if k in ("test/acc1", "test/map_50", "test/map")]
+    return " ".join(shown)

@@ -1,0 +1,149 @@
+"""The results store: one folder per run, results/<experiment>/<run-id>/.
+
+    config.yaml     the resolved config (the run id is a hash of it)
+    status.json     state (pending/running/done/failed/interrupted), error, timing, host,
+                    progress; written atomically, read by `status` and `report`
+    metrics.json    final metrics: test metrics, shares, costs (atomic)
+    checkpoints/    last.ckpt and best.ckpt
+    logs/           Lightning's CSV logs
+    error.log       the traceback of a failed run
+    lock            held while a process trains the run (host, pid)
+
+No torch here: `status` and `report` only read JSON and YAML.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+STATES = ("pending", "running", "done", "failed", "interrupted")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write then rename, so a reader (or a kill) never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    def config(self) -> dict | None:
+        try:
+            return yaml.safe_load((self.path / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+
+    def status(self) -> dict:
+        return _read_json(self.path / "status.json") or {"state": "pending"}
+
+    def metrics(self) -> dict | None:
+        return _read_json(self.path / "metrics.json")
+
+    def create(self, config: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / "config.yaml").exists():
+            write_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def update_status(self, **fields) -> dict:
+        status = self.status()
+        status.update(fields, updated=now())
+        write_atomic(self.path / "status.json", json.dumps(status, indent=2))
+        return status
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2, default=float))
+
+    # --- per-run lock: two workers never train the same run --------------------------------
+    def try_lock(self) -> bool:
+        """Take the run's lock; a lock left by a dead process on this host is taken over."""
+        lock = self.path / "lock"
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": now()}
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._lock_is_stale(lock):
+                    return False
+                try:
+                    lock.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return True
+        return False
+
+    @staticmethod
+    def _lock_is_stale(lock: Path) -> bool:
+        holder = _read_json(lock)
+        if holder is None:  # being written right now, or garbage: stale only if old
+            try:
+                return time.time() - lock.stat().st_mtime > 60
+            except FileNotFoundError:
+                return True
+        if holder.get("host") != socket.gethostname():
+            return False  # another machine's lock: trust it (shared results dir)
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError):
+            return False
+        return False
+
+    def unlock(self) -> None:
+        try:
+            (self.path / "lock").unlink()
+        except FileNotFoundError:
+            pass
+
+    def locked_by_other(self) -> bool:
+        lock = self.path / "lock"
+        return lock.exists() and not self._lock_is_stale(lock)
+
+
+def experiment_dir(results: Path, name: str) -> Path:
+    return Path(results) / name
+
+
+def run_dirs(results: Path, name: str) -> dict[str, RunDir]:
+    root = experiment_dir(results, name)
+    if not root.is_dir():
+        return {}
+    return {p.name: RunDir(p) for p in sorted(root.iterdir()) if (p / "config.yaml").exists()}

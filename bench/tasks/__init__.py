@@ -1,0 +1,53 @@
+"""LightningModules, one per task type, looked up by the dataset's task.
+
+Import-light (no torch here): the runner and reports read monitor metrics and report columns
+from TASKS. Contract for every task class:
+
+    class SomeTask(L.LightningModule):
+        @classmethod
+        def from_config(cls, cfg: dict, datamodule) -> "SomeTask"   # cfg: the resolved run config
+        backbone: lesa.ResNet            # the lesa backbone (costs and shares read it)
+        example_input_array: Tensor      # one input batch of size 1 (FLOPs are counted on it)
+
+and it logs the metrics named in its TaskSpec ("val/..." during fit, "test/..." on test).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    target: str  # "module:Class" under bench.tasks
+    monitor: str  # validation metric for best checkpoints and pruning
+    mode: str  # "max" or "min"
+    metrics: tuple[str, ...]  # test metrics shown in reports, the headline first
+    options: dict | None = None  # task-specific `model.<task>.*` keys and their defaults
+
+
+TASKS: dict[str, TaskSpec] = {
+    "classification": TaskSpec("classification:ClassificationTask", "val/acc1", "max",
+                               ("test/acc1", "test/acc5")),
+    "detection": TaskSpec("detection:DetectionTask", "val/map_50", "max",
+                          ("test/map", "test/map_50", "test/map_75", "test/map_small",
+                           "test/map_medium", "test/map_large", "test/ap_vt", "test/ap_t",
+                           "test/ap_s", "test/ap_m"),
+                          # FCOS + FPN P2-P5 (bench/tasks/detection.py); anchor_sizes: one per
+                          # level, px; min_size/max_size null = native resolution (no resize)
+                          options={"fpn_channels": 64, "head_convs": 2,
+                                   "anchor_sizes": [4, 8, 16, 32],
+                                   "center_sampling_radius": 1.5, "score_thresh": 0.05,
+                                   "nms_thresh": 0.6, "detections_per_img": 1500,
+                                   "topk_candidates": 1000, "min_size": None,
+                                   "max_size": None}),
+}
+
+
+def build_task(cfg: dict, datamodule):
+    from bench.data import dataset_spec
+
+    spec = TASKS[dataset_spec(cfg["data"]["name"]).task]
+    module_name, class_name = spec.target.split(":")
+    cls = getattr(importlib.import_module(f"bench.tasks.{module_name}"), class_name)
+    return cls.from_config(cfg, datamodule)
