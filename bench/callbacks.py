@@ -121,6 +121,21 @@ class StatusProgress(L.Callback):
             self._write(trainer)
 
 
+class SaveOnInterrupt(L.Callback):
+    """Save last.ckpt on Ctrl-C or SIGTERM, so a re-run resumes from there.
+
+    Only on interrupts: after a crash the last good epoch checkpoint is worth more. (Lightning's
+    OnExceptionCheckpoint saves on any exception and deletes its file at teardown.)
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, KeyboardInterrupt):
+            trainer.save_checkpoint(self.path)
+
+
 class LogLines(L.Callback):
     """Plain periodic log lines, used instead of a live progress bar when stdout is no terminal
     (cluster logs keep every line, where a live display would print only its final state)."""

@@ -42,7 +42,7 @@ DEFAULTS: dict = {
     "seed": 0,
     "data": dict(COMMON_OPTIONS),
     "model": {"backbone": "resnet_tiny", "fusion": "dynamic", "heads": 8, "output_stride": 32,
-              "attention_stages": [3, 4], "max_size": 64},
+              "attention_stages": [3, 4], "max_size": 64, "stem": None},
     "optim": {"name": "sgd", "lr": 0.1, "lr_batch": None, "momentum": 0.9, "nesterov": True,
               "weight_decay": 5e-4, "warmup_epochs": 1.0, "label_smoothing": 0.0},
     "trainer": {"max_epochs": 10, "accelerator": "cpu", "devices": 1, "strategy": "auto",
@@ -58,6 +58,7 @@ CHOICES = {
     "data.name": tuple(DATASETS),
     "optim.name": ("sgd", "adamw"),
     "model.output_stride": (16, 32),
+    "model.stem": (None, "imagenet", "small", "cifar"),
     "trainer.accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
 }
 # keys that do not change what a run computes, so they stay out of its id

@@ -39,24 +39,17 @@ def _quiet_lightning() -> None:
 
 def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monitor: str, mode: str):
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from bench.callbacks import LogLines, StatusProgress
-
-    class SaveOnInterrupt(OnExceptionCheckpoint):
-        """Checkpoint on Ctrl-C/SIGTERM only: a crash must not overwrite the good last.ckpt."""
-
-        def on_exception(self, trainer, pl_module, exception):
-            if isinstance(exception, KeyboardInterrupt):
-                super().on_exception(trainer, pl_module, exception)
+    from bench.callbacks import LogLines, SaveOnInterrupt, StatusProgress
 
     t = run.config["trainer"]
     interactive = sys.stdout.isatty()
     callbacks = [
         ModelCheckpoint(dirpath=run_dir.checkpoints, filename="best", monitor=monitor, mode=mode,
                         save_top_k=1, save_last=True, auto_insert_metric_name=False),
-        SaveOnInterrupt(dirpath=run_dir.checkpoints, filename="last"),
+        SaveOnInterrupt(run_dir.last_checkpoint),
         StatusProgress(run_dir),
         RichProgressBar() if interactive else LogLines(label),
         *callbacks,

@@ -7,6 +7,7 @@ keeps its strided conv.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ ARCHS: dict[str, Arch] = {
     "resnet50": Arch((3, 4, 6, 3), (64, 128, 256, 512), note="ImageNet/COCO scale"),
     "resnet26": Arch((2, 2, 2, 2), (64, 128, 256, 512), note="ImageNet/COCO scale"),
     "wrn50": Arch((3, 4, 6, 3), (128, 256, 512, 1024), out_scale=2, note="wide ResNet-50-2"),
-    "resnet_tiny": Arch((1, 1, 1, 1), (8, 16, 32, 64), stem="cifar", stem_width=16,
+    "resnet_tiny": Arch((1, 1, 2, 1), (8, 16, 32, 64), stem="cifar", stem_width=16,
                         note="CPU-sized, for 32x32 inputs"),
     "resnet_small": Arch((1, 1, 2, 1), (16, 32, 64, 128), stem="small", stem_width=16,
                          note="CPU-sized, for 128x128 inputs (detection)"),
@@ -151,9 +152,14 @@ def build_backbone(name: str, fusion: str = "dynamic", num_classes: int | None =
                    **kwargs) -> ResNet:
     """Build a backbone by name (`lesa.ARCHS`): resnet50, resnet26, wrn50, resnet_tiny (32x32
     inputs), resnet_small (128x128 inputs). kwargs go to `ResNet` (heads, output_stride,
-    attention_stages, max_size, in_channels)."""
+    attention_stages, max_size, in_channels) and `stem` (imagenet, small or cifar) to replace the
+    architecture's stem."""
     if name not in ARCHS:
         close = difflib.get_close_matches(name, ARCHS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown backbone {name!r}{hint}; choose from {', '.join(ARCHS)}")
-    return ResNet(ARCHS[name], fusion=fusion, num_classes=num_classes, **kwargs)
+    arch = ARCHS[name]
+    stem = kwargs.pop("stem", None)
+    if stem:  # e.g. a ResNet-50 on 32x32 CIFAR images takes the 3x3/1 "cifar" stem
+        arch = dataclasses.replace(arch, stem=stem)
+    return ResNet(arch, fusion=fusion, num_classes=num_classes, **kwargs)

@@ -167,7 +167,7 @@ def test_num_classes_gives_logits(fusion):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert model(x).shape == (2, 7)
-        assert plain(x).shape == (2, plain.out_channels) == (2, 512)
+        assert plain(x).shape == (2, plain.out_channels) == (2, plain.feature_channels[-1])
 
 
 def test_unknown_backbone_and_fusion_names():

@@ -21,7 +21,8 @@ class ClassificationTask(L.LightningModule):
             model["backbone"], fusion=model["fusion"], num_classes=num_classes,
             heads=model["heads"], output_stride=model["output_stride"],
             attention_stages=tuple(model["attention_stages"]), max_size=model["max_size"],
-            in_channels=in_channels, **({"window": model["window"]} if model.get("window") else {}))
+            in_channels=in_channels, stem=model.get("stem"),
+            **({"window": model["window"]} if model.get("window") else {}))
         self.example_input_array = torch.zeros(1, in_channels, image_size, image_size)
         top5 = min(5, num_classes)
         self.metrics = torch.nn.ModuleDict({

@@ -1,0 +1,144 @@
+"""Experiment files: expansion, run ids, shards, and the messages bad files get."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import lesa
+from bench import config
+from bench.cli import main
+from bench.config import ConfigError, experiment_from_dict, load_experiment, shard
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_names_match_the_library():
+    # bench.config keeps the names without importing torch; they must not drift from lesa
+    assert set(config.FUSION_NAMES) == set(lesa.FUSIONS)
+    assert set(config.BACKBONE_NAMES) == set(lesa.ARCHS)
+
+
+def test_matrix_is_a_cartesian_product_with_stable_ids():
+    exp = experiment_from_dict({"name": "x", "matrix": {"model.fusion": ["conv", "sa", "sum"],
+                                                        "seed": [0, 1]}})
+    assert len(exp.runs) == 6
+    assert {(r.config["model"]["fusion"], r.config["seed"]) for r in exp.runs} == \
+        {(f, s) for f in ("conv", "sa", "sum") for s in (0, 1)}
+    again = experiment_from_dict({"name": "x", "matrix": {"seed": [0, 1],
+                                                          "model.fusion": ["sum", "sa", "conv"]}})
+    assert {r.id for r in exp.runs} == {r.id for r in again.runs}  # id = hash of the config
+    changed = experiment_from_dict({"name": "x", "optim": {"lr": 0.2},
+                                    "matrix": {"model.fusion": ["conv"]}})
+    assert changed.runs[0].id not in {r.id for r in exp.runs}
+
+
+def test_bundle_axis_sets_several_keys():
+    exp = experiment_from_dict({"name": "x", "matrix": {"task": [
+        {"data.name": "digits"}, {"data.name": "digits", "model.heads": 4}]}})
+    assert [r.config["model"]["heads"] for r in exp.runs] == [8, 4]
+
+
+def test_set_and_only():
+    exp = experiment_from_dict({"name": "x", "matrix": {"model.fusion": ["conv", "sa"],
+                                                        "seed": [0, 1]}},
+                               overrides=["trainer.max_epochs=2", "seed=5"],
+                               only=["model.fusion=sa"])
+    assert [(r.config["model"]["fusion"], r.config["seed"]) for r in exp.runs] == [("sa", 5)]
+    assert exp.runs[0].config["trainer"]["max_epochs"] == 2
+
+
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_shards_cover_the_matrix_exactly_once(count):
+    exp = load_experiment(ROOT / "experiments" / "quick.yaml")
+    parts = [shard(exp.runs, f"{i}/{count}") for i in range(count)]
+    ids = [r.id for part in parts for r in part]
+    assert sorted(ids) == sorted(r.id for r in exp.runs)
+    assert len(ids) == len(set(ids))
+
+
+BAD = [
+    # (what is wrong, file content or None for raw text, pieces the message must contain)
+    ("unknown key", {"model": {"fusoin": "sa"}}, ["model.fusoin", "did you mean 'fusion'"]),
+    ("unknown top-level key", {"matrx": {}}, ["matrx", "did you mean 'matrix'"]),
+    ("wrong type", {"optim": {"lr": "fast"}}, ["optim.lr", "expected float", "'fast'"]),
+    ("unknown strategy", {"model": {"fusion": "dynamc"}},
+     ["model.fusion", "'dynamc'", "did you mean 'dynamic'", "conv, sa"]),
+    ("unknown dataset", {"data": {"name": "cifar1O"}}, ["data.name", "'cifar1O'", "cifar10"]),
+    ("unknown backbone", {"model": {"backbone": "resnet5O"}}, ["model.backbone", "resnet50"]),
+    ("unknown strategy in the matrix", {"matrix": {"model.fusion": ["conv", "lesa"]}},
+     ["model.fusion", "'lesa'", "model.fusion=lesa"]),
+    ("empty matrix axis", {"matrix": {"model.fusion": []}}, ["matrix.model.fusion", "non-empty"]),
+    ("matrix axis not a list", {"matrix": {"seed": 3}}, ["matrix.seed", "list"]),
+    ("repeated matrix value", {"matrix": {"seed": [1, 1]}}, ["matrix.seed", "repeat"]),
+    ("section not a mapping", {"trainer": [1, 2]}, ["trainer", "expected a mapping"]),
+    ("non-positive batch", {"data": {"batch_size": 0}}, ["data.batch_size", "positive"]),
+    ("bad stage numbers", {"model": {"attention_stages": [3, 7]}}, ["attention_stages", "1-4"]),
+    ("dataset option of another dataset", {"data": {"name": "digits", "train": {}}},
+     ["data.train", "unknown key"]),
+]
+
+
+@pytest.mark.parametrize("what,content,pieces", BAD, ids=[b[0] for b in BAD])
+def test_bad_experiment_files_fail_with_a_clear_message(tmp_path, capsys, what, content, pieces):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "bad", **content}))
+    code = main(["run", str(path), "--dry-run", "--results", str(tmp_path / "r")])
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert code == 2
+    assert "Traceback" not in text
+    for piece in pieces:
+        assert piece in text, f"{what}: {piece!r} not in {text!r}"
+    assert not (tmp_path / "r").exists()  # nothing ran, nothing written
+
+
+@pytest.mark.parametrize("args,pieces", [
+    (["--set", "trainer.max_epochs"], ["--set", "KEY=VALUE"]),
+    (["--shard", "2/2"], ["--shard", "0 <= I < N"]),
+    (["--shard", "x"], ["--shard", "I/N"]),
+    (["--only", "nosuch.key=1"], ["--only nosuch.key", "not a config key"]),
+])
+def test_bad_command_line_options(tmp_path, capsys, args, pieces):
+    code = main(["run", str(ROOT / "experiments" / "quick.yaml"), "--dry-run", *args])
+    text = " ".join(capsys.readouterr().out.split())
+    assert code == 2 and "Traceback" not in text
+    for piece in pieces:
+        assert piece in text
+
+
+def test_missing_and_invalid_files(tmp_path, capsys):
+    assert main(["run", str(ROOT / "experiments" / "quikc.yaml"), "--dry-run"]) == 2
+    assert "did you mean 'quick.yaml'" in capsys.readouterr().out
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nmodel: [unclosed\n")
+    assert main(["run", str(broken), "--dry-run"]) == 2
+    assert "not valid YAML" in capsys.readouterr().out
+    with pytest.raises(ConfigError):  # --debug lets the exception through
+        main(["--debug", "run", str(broken), "--dry-run"])
+
+
+@pytest.mark.parametrize("name", ["quick", "cifar100_r50", "imagenet_r50"])
+def test_shipped_experiments_build_every_run(name):
+    """The GPU-scale files expand and every strategy's model builds (no data, no training)."""
+    exp = load_experiment(ROOT / "experiments" / f"{name}.yaml")
+    assert {r.config["model"]["fusion"] for r in exp.runs} == set(lesa.FUSIONS)
+    built = set()
+    for run in exp.runs:
+        m = run.config["model"]
+        key = m["fusion"]
+        if key in built:
+            continue
+        built.add(key)
+        model = lesa.build_backbone(m["backbone"], fusion=m["fusion"], num_classes=10,
+                                    heads=m["heads"], output_stride=m["output_stride"],
+                                    max_size=m["max_size"], stem=m["stem"])
+        n_attention = sum(isinstance(x, lesa.Fusion) and x.name != "conv"
+                          for x in model.modules())
+        assert n_attention == (0 if key == "conv" else
+                               8 if m["backbone"] == "resnet50" else n_attention)
+    if name != "quick":
+        recipe = exp.runs[0].config["optim"]
+        assert (recipe["lr"], recipe["lr_batch"], recipe["weight_decay"],
+                recipe["warmup_epochs"], recipe["nesterov"]) == (0.05, 128, 8e-5, 5, True)

@@ -1,0 +1,90 @@
+"""End to end: a tiny matrix trains, reports every cell, and a re-run trains nothing."""
+from __future__ import annotations
+
+import json
+
+from bench.cli import main
+from bench.store import run_dirs
+
+
+def _statuses(results, name):
+    return {rid: (rd.path / "status.json").stat().st_mtime_ns
+            for rid, rd in run_dirs(results, name).items()}
+
+
+def test_tiny_matrix_end_to_end(tiny_experiment, tmp_path, capsys):
+    exp = tiny_experiment()
+    results = tmp_path / "results"
+    assert main(["run", str(exp), "--results", str(results)]) == 0
+    runs = run_dirs(results, "tiny")
+    assert len(runs) == 4
+    for rd in runs.values():
+        status = rd.status()
+        assert status["state"] == "done", status
+        assert (rd.checkpoints / "last.ckpt").exists() and (rd.checkpoints / "best.ckpt").exists()
+        assert (rd.path / "logs" / "metrics.csv").exists()
+        metrics = rd.metrics()
+        assert 0.0 <= metrics["test"]["test/acc1"] <= 1.0
+        assert metrics["costs"]["params"] > 0 and metrics["costs"]["gflops"] > 0
+        if rd.config()["model"]["fusion"] == "dynamic":
+            assert 0 < metrics["shares"]["unary"] < 100
+            assert set(metrics["shares"]["per_stage"]) == {"layer3", "layer4"}
+        else:
+            assert metrics["shares"] is None  # conv has no attention, and no fake 0 share
+
+    out = tmp_path / "report.json"
+    assert main(["report", str(exp), "--results", str(results), "--format", "json",
+                 "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    acc = {c["strategy"]: c for c in report["cells"] if c["metric"] == "test/acc1"}
+    assert set(acc) == {"conv", "dynamic"}
+    for cell in acc.values():
+        assert cell["n"] == 2 and cell["states"] == {"done": 2}
+        assert abs(cell["mean"] - sum(cell["values"]) / 2) < 1e-12
+
+    before = _statuses(results, "tiny")
+    capsys.readouterr()
+    assert main(["run", str(exp), "--results", str(results)]) == 0
+    assert "0 to run" in capsys.readouterr().out
+    assert _statuses(results, "tiny") == before  # nothing re-trained, nothing rewritten
+
+    # the rich tables and the exports render, with the cells the JSON has
+    assert main(["report", str(exp), "--results", str(results)]) == 0
+    text = capsys.readouterr().out
+    assert "ablation" in text and "(n=2)" in text and "unary / binary" in text
+    for fmt in ("md", "csv", "latex"):
+        assert main(["report", str(exp), "--results", str(results), "--format", fmt]) == 0
+        assert "dynamic" in capsys.readouterr().out
+
+
+def test_failed_run_is_recorded_and_the_matrix_goes_on(tiny_experiment, tmp_path, capsys):
+    # heads=3 cannot split the tiny backbone's channels: every attention run fails in its
+    # constructor, conv (no attention) still trains
+    exp = tiny_experiment(model={"heads": 3}, matrix={"model.fusion": ["sa", "conv"]})
+    results = tmp_path / "results"
+    assert main(["run", str(exp), "--results", str(results)]) == 1
+    states = {rd.config()["model"]["fusion"]: rd.status() for rd in run_dirs(results, "tiny").values()}
+    assert states["conv"]["state"] == "done"
+    assert states["sa"]["state"] == "failed"
+    assert "divisible" in states["sa"]["error"]
+    assert "failed" in capsys.readouterr().out
+    # a plain re-run leaves failed runs alone (exit code still says not everything succeeded)
+    assert main(["run", str(exp), "--results", str(results)]) == 1
+    assert "--retry-failed" in capsys.readouterr().out
+
+
+def test_report_marks_missing_cells_instead_of_zero(tiny_experiment, tmp_path, capsys):
+    exp = tiny_experiment(matrix={"model.fusion": ["conv", "sum"], "seed": [0]})
+    results = tmp_path / "results"
+    assert main(["run", str(exp), "--results", str(results), "--only", "model.fusion=conv"]) == 0
+    out = tmp_path / "r.json"
+    assert main(["report", str(exp), "--results", str(results), "--format", "json",
+                 "-o", str(out)]) == 0
+    cells = {c["strategy"]: c for c in json.loads(out.read_text())["cells"]
+             if c["metric"] == "test/acc1"}
+    assert cells["sum"]["mean"] is None and cells["sum"]["n"] == 0
+    assert cells["sum"]["states"] == {"pending": 1}
+    assert main(["report", str(exp), "--results", str(results), "--format", "md"]) == 0
+    md = capsys.readouterr().out
+    sum_row = next(line for line in md.splitlines() if line.startswith("| sum"))
+    assert "1 pending" in sum_row and "0.00" not in sum_row
