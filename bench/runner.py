@@ -93,8 +93,10 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     trainer = build_trainer(run, run_dir, [costs, *extra_callbacks], label, spec.monitor, spec.mode)
     resume = run_dir.last_checkpoint if run_dir.last_checkpoint.exists() else None
     if resume is not None:
-        resumed_epoch = torch.load(resume, map_location="cpu", weights_only=False).get("epoch", 0)
-        run_dir.update_status(resumed_from_epoch=resumed_epoch)
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        run_dir.update_status(resumed_from={"epoch": state.get("epoch"),
+                                            "global_step": state.get("global_step")})
+        del state
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     except SystemExit:  # Lightning's answer to KeyboardInterrupt, after on_exception hooks ran
