@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXP ?= experiments/quick.yaml
 
-.PHONY: venv run test test-all profile clean
+.PHONY: venv run test test-slow test-all profile clean
 
 venv: $(VENV)/.installed
 
@@ -19,6 +19,9 @@ run: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+test-slow: venv
+	$(BIN)/python -m pytest -m slow
 
 test-all: venv
 	$(BIN)/python -m pytest -m ''

@@ -184,20 +184,31 @@ def tiny(fusion: str, seed: int = 0) -> lesa.ResNet:
     return build_backbone("resnet_tiny", fusion=fusion, num_classes=10).eval()
 
 
-def capture_a_ii(monkeypatch, model) -> list:
-    """Record the a_ii every attention module's attend returns."""
-    seen = []
-    for module in attention_modules(model).values():
-        binary = module.binary
-        original = binary.attend
+def report_names(model: nn.Module) -> list[str]:
+    """The names shares() uses: the LESA2d's name (its inner ".fusion" dropped)."""
+    return [name.removesuffix(".fusion") for name in attention_modules(model)]
 
-        def attend(*args, _original=original, **kwargs):
+
+def capture_a_ii(monkeypatch, model) -> dict[str, list]:
+    """Record, per module name, the a_ii every attention module's attend returns."""
+    seen = {}
+    for name, module in zip(report_names(model), attention_modules(model).values()):
+        binary = module.binary
+        seen[name] = []
+
+        def attend(*args, _original=binary.attend, _log=seen[name], **kwargs):
             out, a_ii = _original(*args, **kwargs)
-            seen.append(a_ii)
+            _log.append(a_ii)
             return out, a_ii
 
         monkeypatch.setattr(binary, "attend", attend)
     return seen
+
+
+def test_tiny_backbone_has_attention_modules():
+    names = report_names(tiny("dynamic"))
+    assert names and "layer4.0.conv2" in names
+    assert "layer3.0.conv2" not in names  # the first block of stage 3 keeps its conv
 
 
 @pytest.mark.parametrize("fusion", ["sa", "softmax"])
@@ -207,27 +218,37 @@ def test_backbone_attention_shares_are_mean_a_ii(monkeypatch, fusion):
     seen = capture_a_ii(monkeypatch, model)
     model(torch.randn(2, 3, 32, 32))
     report = shares(model)
-    assert list(report["per_module"]) == ["layer4.0.conv2"]
-    assert len(seen) == 1 and seen[0] is not None
-    want = 100 * seen[0].mean().item()
-    assert report["per_module"]["layer4.0.conv2"]["unary"] == pytest.approx(want, rel=1e-6)
-    assert report["unary"] == pytest.approx(want, rel=1e-6)
-    assert report["binary"] == pytest.approx(100 - want, rel=1e-6)
-    assert 0 < want < 100
+    assert list(report["per_module"]) == report_names(model)
+    wants = []
+    for name, log in seen.items():
+        assert len(log) == 1 and log[0] is not None
+        want = 100 * log[0].mean().item()
+        assert 0 < want < 100
+        assert report["per_module"][name]["unary"] == pytest.approx(want, rel=1e-6)
+        assert report["per_module"][name]["binary"] == pytest.approx(100 - want, rel=1e-6)
+        wants.append(want)
+    assert report["unary"] == pytest.approx(sum(wants) / len(wants), rel=1e-6)
+    assert report["binary"] == pytest.approx(100 - sum(wants) / len(wants), rel=1e-6)
 
 
 def test_backbone_dynamic_share_is_mean_one_over_one_plus_omega():
     model = tiny("dynamic")
-    omegas = []
-    for module in attention_modules(model).values():
-        module.gate.register_forward_hook(lambda m, i, o: omegas.append(o.detach()))
+    omegas = {}
+    for name, module in zip(report_names(model), attention_modules(model).values()):
+        module.gate.register_forward_hook(
+            lambda m, i, o, _name=name: omegas.setdefault(_name, []).append(o.detach()))
     model(torch.randn(2, 3, 32, 32))
-    assert len(omegas) == 1
-    want = 100 * (1 / (1 + omegas[0])).mean().item()
     report = shares(model)
-    assert report["unary"] == pytest.approx(want, rel=1e-6)
-    assert report["binary"] == pytest.approx(100 - want, rel=1e-6)
-    assert 50 < want < 100  # omega in (0, 1)
+    assert set(omegas) == set(report["per_module"]) == set(report_names(model))
+    wants = []
+    for name, log in omegas.items():
+        assert len(log) == 1
+        want = 100 * (1 / (1 + log[0])).mean().item()
+        assert 50 < want < 100  # omega in (0, 1)
+        assert report["per_module"][name]["unary"] == pytest.approx(want, rel=1e-6)
+        wants.append(want)
+    assert report["unary"] == pytest.approx(sum(wants) / len(wants), rel=1e-6)
+    assert report["binary"] == pytest.approx(100 - sum(wants) / len(wants), rel=1e-6)
 
 
 @pytest.mark.parametrize("fusion,unary", [("unary", 100.0), ("binary", 0.0), ("sum", 50.0)])
@@ -237,7 +258,8 @@ def test_fixed_shares(fusion, unary):
     model(torch.randn(1, 3, 32, 32))
     report = shares(model)
     assert report["unary"] == unary and report["binary"] == 100.0 - unary
-    assert report["per_module"] == {"layer4.0.conv2": {"unary": unary, "binary": 100.0 - unary}}
+    assert report["per_module"] == {name: {"unary": unary, "binary": 100.0 - unary}
+                                    for name in report_names(model)}
 
 
 def test_conv_model_reports_no_shares():
@@ -280,23 +302,16 @@ def test_record_shares_off_stops_updates(monkeypatch, fusion):
     model(torch.randn(2, 3, 32, 32) * 3)
     if fusion != "unary":
         assert shares(model)["unary"] != before["unary"]
-    module = next(iter(attention_modules(model).values()))
-    assert module._share_count == 2
+    assert all(m._share_count == 2 for m in attention_modules(model).values())
 
 
 def test_sa_without_recording_skips_the_diagonal_report(monkeypatch):
     """Training loops switch recording off for speed: sa must then use the plain path."""
     model = tiny("sa")
     record_shares(model, False)
-    modes = []
-    binary = model.layer4[0].conv2.fusion.binary
-    original = binary.attend
-    monkeypatch.setattr(binary, "attend",
-                        lambda *a, **k: modes.append(a[5] if len(a) > 5 else k.get("diagonal",
-                                                                                    "keep"))
-                        or original(*a, **k))
+    seen = capture_a_ii(monkeypatch, model)
     model(torch.randn(1, 3, 32, 32))
-    assert modes == ["keep"]
+    assert seen and all(log == [None] for log in seen.values())  # "keep" reports no a_ii
 
 
 def test_single_lesa2d_share_name():
