@@ -43,9 +43,10 @@ class CostsAndShares(L.Callback):
         self.summary["params"] = sum(p.numel() for p in pl_module.parameters())
         self.summary["backbone_params"] = sum(p.numel() for p in backbone.parameters())
         lesa.record_shares(backbone, False)
-        flops = count_flops(backbone, pl_module.example_input_array)
-        self.summary["gflops"] = flops / 1e9
-        lesa.record_shares(backbone, False)
+        self.summary["gflops"] = count_flops(backbone, pl_module.example_input_array) / 1e9
+        if trainer.logger is not None and trainer.is_global_zero:
+            trainer.logger.log_metrics({"cost/params": self.summary["params"],
+                                        "cost/gflops": self.summary["gflops"]}, step=0)
 
     def on_train_epoch_start(self, trainer, pl_module):
         lesa.record_shares(pl_module.backbone, False)
@@ -61,6 +62,7 @@ class CostsAndShares(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if self._train_seconds > 0:
             self.summary["train_images_per_s"] = self._train_images / self._train_seconds
+            pl_module.log("train/images_per_s", self.summary["train_images_per_s"])
 
     def _start_eval(self, pl_module):
         lesa.record_shares(pl_module.backbone, True)
@@ -119,6 +121,21 @@ class StatusProgress(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if time.monotonic() - self._last > self.every_s:
             self._write(trainer)
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class DivergenceGuard(L.Callback):
+    """Stop a run whose training loss is no longer finite (it is marked failed: diverged)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
+            raise Diverged(f"training loss is {loss.item()} at epoch {trainer.current_epoch + 1}, "
+                           f"step {trainer.global_step}; lower optim.lr or set "
+                           f"trainer.gradient_clip_val")
 
 
 class SaveOnInterrupt(L.Callback):

@@ -42,7 +42,7 @@ def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monito
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from bench.callbacks import LogLines, SaveOnInterrupt, StatusProgress
+    from bench.callbacks import DivergenceGuard, LogLines, SaveOnInterrupt, StatusProgress
 
     t = run.config["trainer"]
     interactive = sys.stdout.isatty()
@@ -51,6 +51,7 @@ def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monito
                         save_top_k=1, save_last=True, auto_insert_metric_name=False),
         SaveOnInterrupt(run_dir.last_checkpoint),
         StatusProgress(run_dir),
+        DivergenceGuard(),
         RichProgressBar() if interactive else LogLines(label),
         *callbacks,
     ]
@@ -91,12 +92,7 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     task = build_task(cfg, datamodule)
     costs = CostsAndShares()
     trainer = build_trainer(run, run_dir, [costs, *extra_callbacks], label, spec.monitor, spec.mode)
-    resume = run_dir.last_checkpoint if run_dir.last_checkpoint.exists() else None
-    if resume is not None:
-        state = torch.load(resume, map_location="cpu", weights_only=False)
-        run_dir.update_status(resumed_from={"epoch": state.get("epoch"),
-                                            "global_step": state.get("global_step")})
-        del state
+    resume = resume_point(run_dir)
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     except SystemExit:  # Lightning's answer to KeyboardInterrupt, after on_exception hooks ran
@@ -116,6 +112,32 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
         "shares": costs.summary.get("test_shares"),
         "val_shares": costs.summary.get("val_shares"),
     }
+
+
+def resume_point(run_dir: RunDir) -> Path | None:
+    """The checkpoint to resume from: last.ckpt, or best.ckpt when last is unreadable.
+
+    Lightning writes checkpoints through a temp file, so a kill mid-save leaves the previous one;
+    a file damaged some other way (disk full, a bad copy) is set aside, not trusted.
+    """
+    import torch
+
+    for path in (run_dir.last_checkpoint, run_dir.checkpoints / "best.ckpt"):
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            epoch, step = state["epoch"], state["global_step"]
+        except Exception as err:  # noqa: BLE001 - any unreadable file is set aside
+            aside = path.with_suffix(".ckpt.unreadable")
+            path.replace(aside)
+            print(f"  warning: checkpoint {path} is unreadable ({type(err).__name__}); moved to "
+                  f"{aside.name}, trying the previous one", flush=True)
+            continue
+        run_dir.update_status(resumed_from={"checkpoint": path.name, "epoch": epoch,
+                                            "global_step": step})
+        return path
+    return None
 
 
 def _describe(run: Run) -> str:
@@ -168,6 +190,20 @@ def preflight(runs: list[Run]) -> None:
             build_datamodule(run.config["data"], run.config["seed"]).check()
 
 
+def check_writable(root: Path) -> None:
+    """Fail before training, not at the first checkpoint, when results cannot be written."""
+    from bench.config import ConfigError
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"results directory {str(root)!r} is not writable ({err.strerror}); "
+                          f"fix its permissions or pass --results DIR") from None
+
+
 def select(runs: list[Run], root: Path, retry_failed: bool = False) -> tuple[list[Run], dict]:
     """The runs to train: everything not done and not failed, or (retry_failed) only failed."""
     todo, counts = [], {}
@@ -183,6 +219,7 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
                    retry_failed: bool = False) -> int:
     """Train the runs not done yet. Exit code: 0 all done, 1 some failed, 130 interrupted."""
     root = experiment_dir(results, exp.name)
+    check_writable(root)
     todo, counts = select(runs, root, retry_failed)
     known = ", ".join(f"{n} {state}" for state, n in counts.items())
     console.print(f"[bold]{exp.name}[/]: {len(runs)} runs ({known}); {len(todo)} to run "

@@ -55,6 +55,12 @@ def test_tiny_matrix_end_to_end(tiny_experiment, tmp_path, capsys):
     for fmt in ("md", "csv", "latex"):
         assert main(["report", str(exp), "--results", str(results), "--format", fmt]) == 0
         assert "dynamic" in capsys.readouterr().out
+    png = tmp_path / "ablation.png"
+    assert main(["report", str(exp), "--results", str(results), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # status shows every run done, with its headline metric
+    assert main(["status", str(exp), "--results", str(results)]) == 0
+    assert capsys.readouterr().out.count("done") >= 4
 
 
 def test_failed_run_is_recorded_and_the_matrix_goes_on(tiny_experiment, tmp_path, capsys):
@@ -88,3 +94,12 @@ def test_report_marks_missing_cells_instead_of_zero(tiny_experiment, tmp_path, c
     md = capsys.readouterr().out
     sum_row = next(line for line in md.splitlines() if line.startswith("| sum"))
     assert "1 pending" in sum_row and "0.00" not in sum_row
+
+
+def test_unwritable_results_directory(tiny_experiment, tmp_path, capsys):
+    exp = tiny_experiment()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["run", str(exp), "--results", str(blocker / "results")]) == 2
+    text = " ".join(capsys.readouterr().out.split())
+    assert "not writable" in text and "--results" in text and "Traceback" not in text
