@@ -181,67 +181,69 @@ def _datasets(records) -> list[str]:
 
 
 def ablation_rows(cells: dict, datasets: list[str]) -> tuple[list[str], list[list]]:
-    """Header and rows (row label, then per dataset: each metric's cell, delta vs conv)."""
+    """Header and rows: the row label, then per dataset each metric's Cell (or None where the
+    row has no run on that dataset) and a Delta (difference of the headline mean to conv)."""
     rows = _sort_rows({row for d in datasets for m in cells[d].values() for row in m})
     header = ["strategy"]
     for d in datasets:
-        for metric in ABLATION_METRICS[DATASETS[d].task]:
-            header.append(f"{d} {short(metric)}")
+        header += [f"{d} {short(m)}" for m in ABLATION_METRICS[DATASETS[d].task]]
         header.append(f"{d} Δ conv")
     body = []
     for row in rows:
         line: list = [row]
         for d in datasets:
             metrics = ABLATION_METRICS[DATASETS[d].task]
-            for metric in metrics:
-                line.append(cells[d][metric].get(row))
+            line += [cells[d][metric].get(row) for metric in metrics]
             head = cells[d][metrics[0]]
-            base_row = " ".join(["conv", *row.split()[1:]])
-            base = head.get(base_row)
+            base = head.get(" ".join(["conv", *row.split()[1:]]))
             mine = head.get(row)
-            if base is None or mine is None or base.mean is None or mine.mean is None:
-                line.append(None)
-            else:
-                line.append((mine.mean - base.mean) * _scale(metrics[0]))
+            known = base and mine and base.mean is not None and mine.mean is not None
+            line.append(Delta((mine.mean - base.mean) * _scale(metrics[0]) if known else None))
         body.append(line)
     return header, body
 
 
-def _best(cells_in_column: list) -> float | None:
-    means = [c.mean for c in cells_in_column if isinstance(c, Cell) and c.mean is not None]
+@dataclass
+class Delta:
+    value: float | None
+
+    def __str__(self) -> str:
+        return "-" if self.value is None else f"{self.value:+.2f}"
+
+
+def _best(column) -> float | None:
+    means = [c.mean for c in column if isinstance(c, Cell) and c.mean is not None]
     return max(means) if means else None
+
+
+def _text(value) -> str:
+    return fmt_cell(value, "test/") if isinstance(value, Cell) else str(value or "-")
 
 
 def print_tables(exp: Experiment, records: list[RunRecord], console: Console) -> None:
     datasets = _datasets(records)
-    cells = build_cells(records, ABLATION_METRICS)
-    header, body = ablation_rows(cells, datasets)
+    header, body = ablation_rows(build_cells(records, ABLATION_METRICS), datasets)
     table = Table(title=f"{exp.name}: ablation (test metrics in %, mean ± std over seeds)")
     for i, col in enumerate(header):
         table.add_column(col, justify="left" if i == 0 else "right")
-    columns = list(zip(*body)) if body else []
-    best = [_best(list(col)) for col in columns]
+    best = [None] + [_best(list(column)) for column in list(zip(*body))[1:]] if body else []
     for line in body:
         out = [line[0]]
         for i, value in enumerate(line[1:], 1):
-            metric = header[i].split(" ", 1)[1]
-            if isinstance(value, Cell) or value is None and "Δ" not in header[i]:
-                text = fmt_cell(value, "test/x")
-                is_best = isinstance(value, Cell) and value.mean is not None and \
-                    best[i] is not None and value.mean >= best[i] - 1e-12
-                out.append(f"[bold green]{text}[/]" if is_best else text)
-            else:
-                out.append("-" if value is None else f"{value:+.2f}")
-            del metric
+            text = _text(value)
+            if isinstance(value, Cell) and value.mean is not None and best[i] is not None \
+                    and value.mean >= best[i] - 1e-12:
+                text = f"[bold green]{text}[/]"
+            out.append(text)
         table.add_row(*out)
     console.print(table)
     console.print(_shares_table(exp, records))
     console.print(_costs_table(exp, records))
-    incomplete = [r for r in records if r.state != "done"]
-    if incomplete:
-        states: dict[str, int] = {}
-        for r in incomplete:
+    states: dict[str, int] = {}
+    for r in records:
+        if r.state != "done":
             states[r.state] = states.get(r.state, 0) + 1
+    if states:
         console.print("[yellow]incomplete: " + ", ".join(f"{n} {s}" for s, n in states.items())
                       + " (cells show n and what is missing)")
 
@@ -310,12 +312,8 @@ def export_records(exp: Experiment, records: list[RunRecord]) -> dict:
 def _export_text(exp, records, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(export_records(exp, records), indent=2)
-    datasets = _datasets(records)
-    cells = build_cells(records, ABLATION_METRICS)
-    header, body = ablation_rows(cells, datasets)
-    rows = [[line[0]] + [fmt_cell(v, "test/x") if isinstance(v, Cell) or v is None and
-                         "Δ" not in h else ("-" if v is None else f"{v:+.2f}")
-                         for h, v in zip(header[1:], line[1:])] for line in body]
+    header, body = ablation_rows(build_cells(records, ABLATION_METRICS), _datasets(records))
+    rows = [[line[0]] + [_text(v) for v in line[1:]] for line in body]
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
