@@ -1,0 +1,47 @@
+"""The command line: light commands stay light, help works, lesa-bench models prints its table."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LIGHT = """
+import sys
+from bench.cli import main
+for argv in (["run", "experiments/quick.yaml", "--dry-run"], ["status", "experiments/quick.yaml"],
+             ["report", "experiments/quick.yaml"]):
+    assert main(argv + ["--results", sys.argv[1]]) == 0, argv
+heavy = [m for m in ("torch", "lightning", "torchvision", "optuna") if m in sys.modules]
+print("HEAVY", heavy)
+"""
+
+
+def test_dry_run_status_and_report_do_not_import_torch(tmp_path):
+    out = subprocess.run([sys.executable, "-c", LIGHT, str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_help_lists_every_command(capsys):
+    try:
+        main(["--help"])
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    text = capsys.readouterr().out
+    for command in ("run", "status", "report", "sweep", "models", "profile", "convert"):
+        assert command in text
+
+
+def test_models_table_counts_parameters(capsys):
+    assert main(["models", "--backbone", "resnet_tiny", "--size", "32", "--classes", "10",
+                 "--format", "md"]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and "fusion" not in line}
+    assert set(rows) == {"conv", "sa", "binary", "unary", "softmax", "sum", "dynamic"}
+    params = {k: int(v.split("|")[2].strip().replace(",", "")) for k, v in rows.items()}
+    assert params["sa"] == params["binary"]  # the same weights, a different mask
+    assert params["softmax"] == params["sum"] < params["dynamic"]  # the gate costs parameters
