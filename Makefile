@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: venv
-	$(BIN)/lesa-bench run $(EXP) && $(BIN)/lesa-bench report $(EXP)
+	$(BIN)/lesa-bench run $(EXP) --jobs 2 && $(BIN)/lesa-bench report $(EXP)
 
 test: venv
 	$(BIN)/python -m pytest

@@ -43,6 +43,10 @@ class DetectionMetrics(MeanAveragePrecision):
 
     def __init__(self, max_detections: int = 1500, size_buckets: bool = True, **kwargs):
         self.max_detections = int(max_detections)
+        # COCOeval's own float64 thresholds: torchmetrics' defaults come from float32
+        # linspaces (recall 0.8 -> 0.800000012), which misplace a recall of exactly 4/5
+        kwargs.setdefault("iou_thresholds", np.linspace(0.5, 0.95, 10).tolist())
+        kwargs.setdefault("rec_thresholds", np.linspace(0.0, 1.0, 101).tolist())
         super().__init__(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval",
                          max_detection_thresholds=[1, 10, max(100, self.max_detections)],
                          **kwargs)

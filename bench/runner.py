@@ -152,8 +152,11 @@ def execute(run: Run, run_dir: RunDir, console: Console, label: str = "",
     if not run_dir.try_lock():
         console.print(f"  [yellow]{label} {run.id}: running in another process, left to it")
         return _SKIPPED
-    start = time.time()
     previous = run_dir.status()
+    if previous.get("state") == "done":  # another process finished it since we looked
+        run_dir.unlock()
+        return _SKIPPED
+    start = time.time()
     run_dir.update_status(state="running", error=None, host=socket.gethostname(),
                           pid=os.getpid(), started=now(),
                           attempts=previous.get("attempts", 0) + 1)
@@ -228,6 +231,10 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
         console.print(f"  {counts['failed']} failed before: not retried (add --retry-failed)")
     if todo:
         preflight(todo)
+    worker = os.environ.get("LESA_BENCH_WORKER")
+    if worker:  # worker k of n starts k/n of the way down the list, so workers rarely collide
+        k, n = (int(x) for x in worker.split("/"))
+        todo = todo[k * len(todo) // n:] + todo[:k * len(todo) // n]
     outcomes = {}
     t0 = time.time()
     for i, run in enumerate(todo, 1):
@@ -256,6 +263,46 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
     if still_failed and not failed:
         console.print(f"  {len(still_failed)} runs are failed from before (--retry-failed)")
     return 1 if still_failed else 0
+
+
+def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], results: Path,
+                console: Console) -> int:
+    """`run --jobs N`: N worker processes run the same command; the run locks share the matrix
+    out between them. Each worker gets cores / N threads."""
+    import subprocess
+
+    root = experiment_dir(results, exp.name)
+    check_writable(root)
+    plain, skip = [], False
+    for token in argv:  # the same command without --jobs
+        if skip:
+            skip = False
+        elif token in ("--jobs", "-j"):
+            skip = True
+        elif not token.startswith(("--jobs=", "-j=")):
+            plain.append(token)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    console.print(f"[bold]{exp.name}[/]: {jobs} workers x {threads} thread(s)")
+    t0 = time.time()
+    workers = [subprocess.Popen([sys.executable, "-m", "bench.cli", *plain],
+                                env={**env, "LESA_BENCH_WORKER": f"{k}/{jobs}"})
+               for k in range(jobs)]
+    try:
+        codes = [w.wait() for w in workers]
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them save and stop
+        for w in workers:
+            w.wait()
+        return 130
+    states: dict[str, int] = {}
+    for run in runs:
+        state = RunDir(root / run.id).status().get("state", "pending")
+        states[state] = states.get(state, 0) + 1
+    console.print(f"all workers finished in {time.time() - t0:.0f}s: "
+                  + ", ".join(f"{n} {s}" for s, n in states.items()))
+    if 130 in codes:
+        return 130
+    return 0 if states.get("done", 0) == len(runs) else 1
 
 
 def _headline(run_dir: RunDir) -> str:

@@ -42,12 +42,12 @@ ARCHS: dict[str, Arch] = {
 
 class Bottleneck(nn.Module):
     def __init__(self, in_channels: int, mid: int, out_channels: int, stride: int, dilation: int,
-                 fusion: str, heads: int, max_size: int):
+                 fusion: str, heads: int, max_size: int, window: int | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.conv2 = LESA2d(mid, heads=heads, fusion=fusion, stride=stride, dilation=dilation,
-                            max_size=max_size)  # includes its BN
+                            max_size=max_size, window=window)  # includes its BN
         self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
@@ -82,18 +82,27 @@ def _stem(kind: str, width: int, in_channels: int) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*layers), 1
 
 
+def _stage_window(window, stage: int) -> int | None:
+    if isinstance(window, dict):  # keys may be ints (YAML) or strings (JSON)
+        return window.get(stage, window.get(str(stage)))
+    return window
+
+
 class ResNet(nn.Module):
     """A bottleneck ResNet with LESA in `attention_stages` (numbered 1-4; the paper uses 3, 4).
 
     forward(x) gives logits when built with num_classes, else pooled features (B, C).
     forward_features(x) gives the OrderedDict {"layer1".."layer4"} of feature maps a detector
     needs; `feature_channels` and `feature_strides` describe them. output_stride=16 runs stage
-    4 at stride 1 (the paper's ImageNet layout; its convs are dilated).
+    4 at stride 1 (the paper's ImageNet layout; its convs are dilated). `window` makes the
+    attention local (lesa/window.py): an int for every attention stage, or a mapping from stage
+    to int or None, e.g. {3: None, 4: 8}; None (default) keeps global attention everywhere.
     """
 
     def __init__(self, arch: Arch, fusion: str = "dynamic", num_classes: int | None = None,
                  heads: int = 8, output_stride: int = 32, attention_stages=(3, 4),
-                 max_size: int = 64, in_channels: int = 3):
+                 max_size: int = 64, in_channels: int = 3,
+                 window: int | dict[int, int | None] | None = None):
         super().__init__()
         check_fusion(fusion)
         if output_stride not in (16, 32):
@@ -114,7 +123,8 @@ class ResNet(nn.Module):
                 use_attention = stage in attention_stages and not (stage == 3 and b == 0)
                 stage_blocks.append(Bottleneck(
                     channels, mid, out_channels, block_stride, dilation,
-                    fusion if use_attention else "conv", heads, max_size))
+                    fusion if use_attention else "conv", heads, max_size,
+                    _stage_window(window, stage)))
                 channels = out_channels
             setattr(self, f"layer{stage}", nn.Sequential(*stage_blocks))
             stride_so_far *= stride
@@ -152,8 +162,8 @@ def build_backbone(name: str, fusion: str = "dynamic", num_classes: int | None =
                    **kwargs) -> ResNet:
     """Build a backbone by name (`lesa.ARCHS`): resnet50, resnet26, wrn50, resnet_tiny (32x32
     inputs), resnet_small (128x128 inputs). kwargs go to `ResNet` (heads, output_stride,
-    attention_stages, max_size, in_channels) and `stem` (imagenet, small or cifar) to replace the
-    architecture's stem."""
+    attention_stages, max_size, in_channels, window) and `stem` (imagenet, small or cifar) to
+    replace the architecture's stem."""
     if name not in ARCHS:
         close = difflib.get_close_matches(name, ARCHS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

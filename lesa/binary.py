@@ -59,8 +59,10 @@ class RelativePosition2d(nn.Module):
         index = index.view(shape).expand(*rel.shape[:-1], n)
         return rel.gather(-1, index)
 
-    def forward(self, q: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """q (B, heads, L, d) -> logits over key rows (B, heads, L, H) and columns (..., W)."""
+    def forward(self, q: torch.Tensor, height: int, width: int,
+                scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (B, heads, L, d) -> logits over key rows (B, heads, L, H) and columns (..., W),
+        times `scale` (applied to the small tables, not to the logits)."""
         if height > self.max_size or width > self.max_size:
             raise ValueError(
                 f"feature map {height}x{width} is larger than the relative position tables "
@@ -68,8 +70,10 @@ class RelativePosition2d(nn.Module):
             )
         b, h, length, d = q.shape
         q2d = q.view(b, h, height, width, d)
-        by_row = self._logits(q2d, self.rel_h, height, axis=0)
-        by_col = self._logits(q2d, self.rel_w, width, axis=1)
+        rel_h, rel_w = (self.rel_h, self.rel_w) if scale == 1.0 else \
+            (self.rel_h * scale, self.rel_w * scale)
+        by_row = self._logits(q2d, rel_h, height, axis=0)
+        by_col = self._logits(q2d, rel_w, width, axis=1)
         return by_row.reshape(b, h, length, height), by_col.reshape(b, h, length, width)
 
 
@@ -78,8 +82,8 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def fused_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T + mask) v (no scaling), through SDPA's fused kernel.
+               mask: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+    """softmax(scale q k^T + mask) v, through SDPA's fused kernel.
 
     q/k and v are zero-padded to one common width, a multiple of 8 (see the module docstring):
     the fused CPU kernel (and GPU flash) refuses unequal widths and would fall back to the math
@@ -91,35 +95,49 @@ def fused_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     def pad(t):
         return t if t.shape[-1] == width else F.pad(t, (0, width - t.shape[-1]))
 
-    out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask, scale=1.0)
+    out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask, scale=scale)
     return out if dv == width else out[..., :dv]
 
 
-def _unit_row(t: torch.Tensor) -> torch.Tensor:
-    """(..., 1, E + 1) zeros with a 1 in the last channel: the sink's key or value."""
-    row = torch.zeros(t.shape[-1] + 1, dtype=t.dtype, device=t.device)
-    row[-1] = 1.0
-    return row.expand(*t.shape[:-2], 1, -1)
+def _zeros(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    return like.new_zeros(()).expand(*shape)
+
+
+def _sink_column(rows: int, like: torch.Tensor) -> torch.Tensor:
+    """(rows, 1): zeros with a 1 in the last row (the sink key's entry)."""
+    col = torch.zeros(rows, 1, dtype=like.dtype, device=like.device)
+    col[-1] = 1.0
+    return col
 
 
 def attend_with_sink(q_wide: torch.Tensor, k_wide: torch.Tensor, v: torch.Tensor,
-                     s_ii: torch.Tensor, mask: torch.Tensor | None = None):
+                     s_ii: torch.Tensor, mask: torch.Tensor | None = None, scale: float = 1.0):
     """Plain attention plus the diagonal weights a_ii, from one fused SDPA call.
 
     One extra key (the sink) whose logit for query i is s_ii and whose value is a unit channel:
     with Z_i = sum_j exp(s_ij), the sink weight is e^{s_ii} / (Z_i + e^{s_ii}) = a_ii / (1 + a_ii).
     q_wide, k_wide (..., Lq / Lk, E), v (..., Lk, dv), s_ii (..., Lq, 1); mask, if given, is a
-    float mask over (Lq, Lk) that gets a zero column for the sink. Returns (out, a_ii).
+    float mask over (Lq, Lk) that gets a zero column for the sink; the logits are
+    scale * q_wide . k_wide (s_ii is the logit itself). Returns (out, a_ii).
     """
-    q_sink = torch.cat([q_wide, s_ii], dim=-1)
-    k_sink = torch.cat([F.pad(k_wide, (0, 1)), _unit_row(k_wide)], dim=-2)
-    v_sink = torch.cat([F.pad(v, (0, 1)), _unit_row(v)], dim=-2)
+    e, dv = q_wide.shape[-1], v.shape[-1]
+    width = _round_up(max(e, dv) + 1, 8)
+    lead, lq = q_wide.shape[:-2], q_wide.shape[-2]
+    q_sink = torch.cat([q_wide, s_ii / scale, _zeros(q_wide, *lead, lq, width - e - 1)], dim=-1)
+    k_sink = F.pad(k_wide, (0, width - e, 0, 1))  # sink column e, sink key last
+    k_sink[..., -1, e] = 1.0
+    v_sink = F.pad(v, (0, width - dv, 0, 1))  # unit channel dv on the sink key only
+    v_sink[..., -1, dv] = 1.0
     if mask is not None:
         mask = F.pad(mask, (0, 1))
-    out = fused_sdpa(q_sink, k_sink, v_sink, mask)
-    sink = out[..., -1]  # a_ii / (1 + a_ii), at most 1/2
+    out = F.scaled_dot_product_attention(q_sink, k_sink, v_sink, attn_mask=mask, scale=scale)
+    return _split_sink(out, dv)
+
+
+def _split_sink(out: torch.Tensor, dv: int):
+    sink = out[..., dv]  # a_ii / (1 + a_ii), at most 1/2
     keep = 1.0 - sink
-    return out[..., :-1] / keep.unsqueeze(-1), sink / keep
+    return out[..., :dv] / keep.unsqueeze(-1), sink / keep
 
 
 def _position_onehots(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
@@ -178,15 +196,50 @@ class BinaryTerm(nn.Module):
             # nothing is left after removing j = i: the empty sum is 0 (fused kernels on some
             # devices give NaN for a fully masked row)
             return v * 0.0, None
-        q_wide, k_wide = self.widen(q, k, height, width)
-        if diagonal == "keep":
-            return fused_sdpa(q_wide, k_wide, v), None
+        mask = None
         if diagonal == "mask":
             # rank-4 float mask without grad: keeps SDPA on its fused CPU kernel
             mask = torch.zeros(1, 1, length, length, dtype=q.dtype, device=q.device)
             mask.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
-            return fused_sdpa(q_wide, k_wide, v, mask), None
-        return attend_with_sink(q_wide, k_wide, v, self.self_logits(q, k))
+        q_op, k_op, v_op, scale = self._operands(q, k, v, height, width, diagonal == "report")
+        out = F.scaled_dot_product_attention(q_op, k_op, v_op, attn_mask=mask, scale=scale)
+        if diagonal == "report":
+            return _split_sink(out, v.shape[-1])
+        return out[..., : v.shape[-1]], None
+
+    def _operands(self, q, k, v, height: int, width: int, sink: bool):
+        """q', k', v' of one common width (a multiple of 8) for SDPA, each written once.
+
+        The same logits as `widen`, with 1/sqrt(d) left to SDPA's `scale` (the relative logits
+        are divided by it instead, on the small tables) and the zero padding (see the module
+        docstring) built in. With `sink`, one more key: q' gets s_ii / scale in channel E, the
+        sink key is the unit vector of that channel and its value the unit vector of channel dv.
+        Returns (q', k', v', scale).
+        """
+        scale = self.qk_dim**-0.5
+        by_row, by_col = self.rel(q, height, width, scale=1.0 / scale)
+        b, heads, length, d = q.shape
+        dv = v.shape[-1]
+        e = d + height + width
+        width_e = _round_up(max(e, dv) + sink, 8)
+        onehots = _position_onehots(height, width, k)  # (L, H + W)
+        q_parts = [q, by_row, by_col]
+        if sink:
+            q_parts.append(self.self_logits(q, k) / scale)
+        q_op = torch.cat(q_parts + [_zeros(q, b, heads, length, width_e - e - sink)], dim=-1)
+        keys = length + sink
+        if sink:  # one more (zero) key row everywhere, then the sink's unit entries
+            k, v = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))
+            onehots = F.pad(onehots, (0, 0, 0, 1))
+            unit = _sink_column(keys, k).expand(b, heads, keys, 1)
+            k_op = torch.cat([k, onehots.expand(b, heads, keys, -1), unit,
+                              _zeros(k, b, heads, keys, width_e - e - 1)], dim=-1)
+            v_op = torch.cat([v, unit, _zeros(v, b, heads, keys, width_e - dv - 1)], dim=-1)
+        else:
+            k_op = torch.cat([k, onehots.expand(b, heads, keys, -1),
+                              _zeros(k, b, heads, keys, width_e - e)], dim=-1)
+            v_op = torch.cat([v, _zeros(v, b, heads, keys, width_e - dv)], dim=-1)
+        return q_op, k_op, v_op, scale
 
     def self_logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """s_ii (..., L, 1): offset (0, 0), so q_i . (k_i / sqrt(d) + r_h[0] + r_w[0])."""

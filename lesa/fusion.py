@@ -1,8 +1,10 @@
 """The fusion strategies: every way this project combines the unary and binary terms.
 
 Each strategy is a drop-in for the 3x3 conv + BN of a ResNet bottleneck with one constructor
-contract, `Strategy(channels, *, heads=8, stride=1, dilation=1, max_size=64)`, and lives in
-`FUSIONS` under the name used in configs. A new strategy is one class plus `@register("name")`.
+contract, `Strategy(channels, *, heads=8, stride=1, dilation=1, max_size=64, window=None)`,
+and lives in `FUSIONS` under the name used in configs. A new strategy is one class plus
+`@register("name")`. `window` (an int) swaps the global binary term for the windowed one of
+lesa/window.py (HaloNet-style local attention for high-resolution maps); None keeps it global.
 
 What each computes (U: unary term, B_i = sum_j a_ij v_j: binary term, heads concatenated):
 
@@ -23,6 +25,7 @@ from torch import nn
 
 from .binary import BinaryTerm
 from .unary import UnaryTerm
+from .window import WindowedBinaryTerm
 
 FUSIONS: dict[str, type["Fusion"]] = {}
 
@@ -48,10 +51,10 @@ class Fusion(nn.Module):
     fixed_unary_share: float | None = None  # percent, for strategies whose share is a constant
 
     def __init__(self, channels: int, *, heads: int = 8, stride: int = 1, dilation: int = 1,
-                 max_size: int = 64):
+                 max_size: int = 64, window: int | None = None):
         super().__init__()
         self.channels = channels
-        self.pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.pool = nn.AvgPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
         self.record_shares = True
         self.reset_shares()
 
@@ -87,7 +90,7 @@ class Fusion(nn.Module):
 class ConvFusion(Fusion):
     """The CNN baseline: 3x3 conv + BN (striding in the conv, as torchvision's ResNet v1.5)."""
 
-    def __init__(self, channels, *, heads=8, stride=1, dilation=1, max_size=64):
+    def __init__(self, channels, *, heads=8, stride=1, dilation=1, max_size=64, window=None):
         super().__init__(channels)
         self.conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=dilation,
                               dilation=dilation, bias=False)
@@ -102,9 +105,10 @@ class AttentionFusion(Fusion):
 
     uses_unary = True
 
-    def __init__(self, channels, *, heads=8, stride=1, dilation=1, max_size=64):
+    def __init__(self, channels, *, heads=8, stride=1, dilation=1, max_size=64, window=None):
         super().__init__(channels, heads=heads, stride=stride, max_size=max_size)
-        self.binary = BinaryTerm(channels, heads, max_size)
+        self.binary = (BinaryTerm(channels, heads, max_size) if window is None
+                       else WindowedBinaryTerm(channels, heads, max_size, window))
         self.unary = UnaryTerm(channels, heads) if self.uses_unary else None
 
 
@@ -143,7 +147,7 @@ class UnaryOnly(Fusion):
 
     fixed_unary_share = 100.0
 
-    def __init__(self, channels, *, heads=8, stride=1, dilation=1, max_size=64):
+    def __init__(self, channels, *, heads=8, stride=1, dilation=1, max_size=64, window=None):
         super().__init__(channels, heads=heads, stride=stride, max_size=max_size)
         self.unary = UnaryTerm(channels, heads)
 
@@ -180,8 +184,8 @@ class DynamicFusion(AttentionFusion):
     """LESA: Y = U + omega * B, omega = sigmoid(BN(FC(ReLU(BN(FC(ReLU([U, B]))))))) per channel
     and position (FC = 1x1 conv, 2C -> C -> C)."""
 
-    def __init__(self, channels, *, heads=8, stride=1, dilation=1, max_size=64):
-        super().__init__(channels, heads=heads, stride=stride, max_size=max_size)
+    def __init__(self, channels, *, heads=8, stride=1, dilation=1, max_size=64, window=None):
+        super().__init__(channels, heads=heads, stride=stride, max_size=max_size, window=window)
         self.gate = nn.Sequential(
             nn.ReLU(),
             nn.Conv2d(2 * channels, channels, 1, bias=False),

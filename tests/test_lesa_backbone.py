@@ -288,7 +288,7 @@ def test_running_shares_average_two_forwards(fusion):
 
 
 @pytest.mark.parametrize("fusion", ["sa", "softmax", "dynamic", "unary"])
-def test_record_shares_off_stops_updates(monkeypatch, fusion):
+def test_record_shares_off_stops_updates(fusion):
     model = tiny(fusion)
     model(torch.randn(1, 3, 32, 32))
     before, before_running = shares(model), shares(model, running=True)

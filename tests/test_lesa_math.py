@@ -166,8 +166,8 @@ def test_sa_equals_reference_attention(b, h, w, record):
     torch.testing.assert_close(module(x), want, **TOL)
 
 
-def test_sa_depends_on_relative_tables_and_uses_scaled_content_logits():
-    """Non-vacuity: the reference (and the module) change when the tables or scale change."""
+def test_sa_output_depends_on_the_relative_tables():
+    """Non-vacuity: the output changes with the tables, and still matches the reference."""
     module = make("sa", seed=3)
     x = torch.randn(1, C, 4, 5)
     before = module(x)
@@ -489,7 +489,7 @@ def test_channels_must_split_into_heads():
 
 
 def test_registry_contract():
-    assert set(FUSIONS) == {"conv", "sa", "binary", "unary", "softmax", "sum", "dynamic"}
+    assert set(FUSIONS) >= {"conv", "sa", "binary", "unary", "softmax", "sum", "dynamic"}
     for name, cls in FUSIONS.items():
         assert cls.name == name and issubclass(cls, lesa.Fusion)
         module = cls(16, heads=2, stride=1, dilation=1, max_size=4)

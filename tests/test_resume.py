@@ -86,3 +86,36 @@ def test_ctrl_c_saves_marks_interrupted_and_resumes(tiny_experiment, tmp_path):
     assert rd.status()["state"] == "interrupted"
     assert rd.last_checkpoint.exists()
     assert not (rd.path / "lock").exists()
+
+
+def test_two_processes_train_every_run_exactly_once(tiny_experiment, tmp_path):
+    exp = tiny_experiment(trainer={"max_epochs": 2},
+                          matrix={"model.fusion": ["conv", "unary", "sum"], "seed": [0, 1]})
+    results = tmp_path / "results"
+    first, second = _start(exp, results), _start(exp, results)
+    outs = [p.communicate(timeout=900)[0] for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outs
+    runs = run_dirs(results, "tiny")
+    assert len(runs) == 6
+    for rd in runs.values():
+        status = rd.status()
+        assert status["state"] == "done" and status["attempts"] == 1, status
+        assert not (rd.path / "lock").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tiny_experiment, tmp_path):
+    import json
+
+    exp = tiny_experiment(matrix={"model.fusion": ["conv"], "seed": [0]})
+    results = tmp_path / "results"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    from bench.config import load_experiment
+    (run,) = load_experiment(exp).runs
+    run_path = results / "tiny" / run.id
+    run_path.mkdir(parents=True)
+    (run_path / "lock").write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid}))
+    proc = _start(exp, results)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert run_dirs(results, "tiny")[run.id].status()["state"] == "done"

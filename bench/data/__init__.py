@@ -45,7 +45,8 @@ DATASETS: dict[str, DatasetSpec] = {
     # detection; objects / object_size (px) / distractors are [low, high] per canvas
     "digit_scenes": DatasetSpec("detection", "detection:DigitScenesData", {
         "image_size": 128, "train_images": 384, "val_images": 32, "test_images": 128,
-        "objects": [3, 10], "object_size": [6, 32], "distractors": [2, 6]}),
+        "objects": [3, 10], "object_size": [6, 32], "distractors": [2, 6],
+        "fresh_train": True}),
     # paths relative to data.root unless absolute; test: null/unset -> val is the test split
     "coco": DatasetSpec("detection", "detection:COCOData", {
         "train": {"images": "train", "annotations": "annotations/train.json"},

@@ -216,6 +216,24 @@ class SceneBatches(Dataset):
         return self.images[idx].float().div_(255), [self.targets[i] for i in key.indices]
 
 
+class FreshScenes(Dataset):
+    """Training canvases rendered anew for every batch: canvas i of a batch comes from the
+    generator seeded with (the batch's seed, i), and batch seeds depend on (seed, epoch), so
+    every epoch brings `count` new canvases (no canvas is seen twice, nothing to memorise)."""
+
+    def __init__(self, renderer: SceneRenderer, count: int):
+        self.renderer, self.count = renderer, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, key: BatchKey):
+        scenes = [self.renderer.render(np.random.default_rng([key.seed, i]))
+                  for i in key.indices]
+        images = torch.from_numpy(np.stack([s.image for s in scenes])).float().div_(255)
+        return images, [_target(s.boxes, s.labels, i + 1) for s, i in zip(scenes, key.indices)]
+
+
 # ---------------------------------------------------------------------------------------------
 # COCO files: loading and validation
 
@@ -516,6 +534,9 @@ class DigitScenesData(_DetectionData):
             raise ValueError(f"data.object_size {list(self.object_size)} does not fit on "
                              f"{self.image_size}x{self.image_size} canvases")
         self.distractors = _range("distractors", o["distractors"], 0)
+        if not isinstance(o["fresh_train"], bool):
+            raise ValueError(f"data.fresh_train must be true or false, got {o['fresh_train']!r}")
+        self.fresh_train = o["fresh_train"]
         self.example_image_size = (self.image_size, self.image_size)
         self.scenes: dict[str, list[Scene]] = {}
 
@@ -545,7 +566,10 @@ class DigitScenesData(_DetectionData):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate"):
             if self.train_set is None and stage in (None, "fit"):
-                self.train_set = self._dataset("train")
+                if self.fresh_train:
+                    self.train_set = FreshScenes(self.renderer("train"), self.counts["train"])
+                else:
+                    self.train_set = self._dataset("train")
             if self.val_set is None:
                 self.val_set = self._dataset("val")
         if stage in (None, "test") and self.test_set is None:

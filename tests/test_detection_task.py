@@ -1,0 +1,122 @@
+"""DetectionTask: FCOS + FPN on a lesa backbone, built from a resolved config; tiny Trainer runs.
+
+Canvases are 64x64 with a handful of images, so a fit of two steps plus validation and test
+takes a few seconds on the 2-core test machine.
+"""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+import lesa
+from bench.config import resolve
+from bench.data import build_datamodule
+from bench.tasks import TASKS, build_task
+from bench.tasks.detection import DetectionTask, NativeResolution, _for_training
+
+
+def tiny_config(fusion="dynamic", **detection):
+    return resolve({
+        "seed": 0,
+        "data": {"name": "digit_scenes", "image_size": 64, "train_images": 4, "val_images": 2,
+                 "test_images": 2, "object_size": [6, 16], "objects": [2, 4],
+                 "batch_size": 2},
+        "model": {"backbone": "resnet_small", "fusion": fusion, "heads": 2,
+                  "detection": {"fpn_channels": 32, "head_convs": 1, **detection}},
+        "optim": {"name": "sgd", "lr": 0.01},
+        "trainer": {"max_epochs": 1},
+    })
+
+
+def build(cfg):
+    L.seed_everything(cfg["seed"], verbose=False)
+    dm = build_datamodule(cfg["data"], cfg["seed"])
+    dm.check()
+    return dm, build_task(cfg, dm)
+
+
+def trainer(**kwargs):
+    return L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+
+
+def test_tiny_fit_logs_val_map_50_and_test_metrics():
+    cfg = tiny_config()
+    dm, task = build(cfg)
+    assert isinstance(task, DetectionTask)
+    assert isinstance(task.backbone, lesa.ResNet)
+    assert task.example_input_array.shape == (1, 3, 64, 64)
+    before = [p.detach().clone() for p in task.backbone.parameters()]
+    t = trainer(limit_train_batches=2, limit_val_batches=1, limit_test_batches=1)
+    t.fit(task, datamodule=dm)
+    assert t.global_step == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, task.backbone.parameters()))
+    for name in ("val/map", "val/map_50", "train/loss_epoch"):
+        assert name in t.callback_metrics, name
+    assert 0.0 <= float(t.callback_metrics["val/map_50"]) <= 1.0
+    tested = t.test(task, datamodule=dm, verbose=False)[0]
+    assert set(TASKS["detection"].metrics) <= set(tested)
+    # objects are at most 16 px: the medium/large buckets are empty, so NaN (never 0)
+    for name in ("test/map_medium", "test/map_large", "test/ap_m"):
+        assert math.isnan(tested[name]), name
+
+
+def test_same_seed_same_training():
+    losses = []
+    for _ in range(2):
+        dm, task = build(tiny_config(fusion="sum"))
+        t = trainer(limit_train_batches=2, limit_val_batches=0)
+        t.fit(task, datamodule=dm)
+        losses.append(float(t.callback_metrics["train/loss_epoch"]))
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("fusion", list(lesa.FUSIONS))
+def test_every_strategy_plugs_into_the_detector(fusion):
+    dm, task = build(tiny_config(fusion=fusion))
+    dm.setup("fit")
+    images, targets = dm.train_set[next(iter(dm.train_dataloader().sampler))]
+    task.train()
+    losses = task.detector(images, [_for_training(t) for t in targets])
+    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    task.eval()
+    with torch.no_grad():
+        out = task(images)
+    assert len(out) == 2 and out[0]["boxes"].shape[1] == 4
+    assert len(out[0]["boxes"]) <= 1500
+
+
+def test_detector_settings_for_small_objects():
+    _, task = build(tiny_config(detections_per_img=50, score_thresh=0.1))
+    fcos = task.detector
+    assert isinstance(fcos.transform, NativeResolution)
+    assert [s[0] for s in fcos.anchor_generator.sizes] == [4.0, 8.0, 16.0, 32.0]
+    assert fcos.detections_per_img == 50 and fcos.score_thresh == 0.1
+    features = fcos.backbone(torch.zeros(1, 3, 64, 64))
+    assert [f.shape[-1] for f in features.values()] == [16, 8, 4, 2]  # P2 (stride 4) .. P5
+    assert all(f.shape[1] == 32 for f in features.values())
+    # native resolution: a 48x80 image is padded to a multiple of 32, never resized
+    batch, _ = fcos.transform([torch.zeros(3, 48, 80)])
+    assert batch.image_sizes == [(48, 80)] and batch.tensors.shape[-2:] == (64, 96)
+    # an explicit size brings torchvision's resize back
+    _, resized = build(tiny_config(min_size=96, max_size=96))
+    assert not isinstance(resized.detector.transform, NativeResolution)
+
+
+def test_crowd_boxes_stay_out_of_the_loss():
+    target = {"boxes": torch.tensor([[0, 0, 5, 5], [10, 10, 20, 20.]]),
+              "labels": torch.tensor([1, 2]), "iscrowd": torch.tensor([0, 1])}
+    kept = _for_training(target)
+    assert kept["boxes"].tolist() == [[0, 0, 5, 5]] and kept["labels"].tolist() == [1]
+
+
+def test_bad_detection_options_name_the_key():
+    with pytest.raises(ValueError, match="model.detection.fpn_channels"):
+        build(tiny_config(fpn_channels=40))
+    with pytest.raises(ValueError, match="model.detection.anchor_sizes"):
+        build(tiny_config(anchor_sizes=[4, 8]))

@@ -1,0 +1,379 @@
+"""Every fast path of lesa/ against explicit reference math, forward AND gradients (fp32, 1e-5).
+
+Fast paths: the global binary term through SDPA's fused kernel (q/k/v zero-padded to one width,
+relative logits folded into widened q/k, the diagonal mask, the sink key for a_ii), and the
+windowed binary term of lesa/window.py (query blocks, halo neighbourhoods, masked borders). The
+references here build the L x L logits from the module's own tables, mask by hand, and take a
+plain softmax; they never call widen, attend or SDPA. No timing is asserted anywhere.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lesa
+from lesa import FUSIONS, BinaryTerm, LESA2d
+from lesa.binary import attend_with_sink, fused_sdpa
+from lesa.window import WindowedBinaryTerm
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+C, HEADS, MAX = 32, 4, 12  # q/k dim 4, v dim 8 per head
+ATTENTION = [name for name in FUSIONS if name not in ("conv", "unary")]
+MODES = ["keep", "mask", "report"]
+
+
+# ---------------------------------------------------------------- references
+
+def ref_logits(term: BinaryTerm, q, k, height: int, width: int) -> torch.Tensor:
+    """s_ij = q_i.k_j / sqrt(d) + q_i.rel_h[m-1 + y_j - y_i] + q_i.rel_w[m-1 + x_j - x_i]."""
+    m = term.rel.max_size
+    ys = torch.arange(height).repeat_interleave(width)
+    xs = torch.arange(width).repeat(height)
+    dy, dx = ys[None, :] - ys[:, None], xs[None, :] - xs[:, None]
+    return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+            + torch.einsum("bhid,ijd->bhij", q, term.rel.rel_h[m - 1 + dy])
+            + torch.einsum("bhid,ijd->bhij", q, term.rel.rel_w[m - 1 + dx]))
+
+
+def neighbourhood(height: int, width: int, window: int, halo: int) -> torch.Tensor:
+    """(L, L) bool: key j is in query i's block grown by `halo` on every side (and on the map)."""
+    ys = torch.arange(height).repeat_interleave(width)
+    xs = torch.arange(width).repeat(height)
+    top, left = (ys // window) * window, (xs // window) * window
+    rows = (ys[None, :] >= top[:, None] - halo) & (ys[None, :] < top[:, None] + window + halo)
+    cols = (xs[None, :] >= left[:, None] - halo) & (xs[None, :] < left[:, None] + window + halo)
+    return rows & cols
+
+
+def ref_attend(term, q, k, v, height, width, diagonal, allowed=None):
+    """(out, a_ii or None) by explicit masked softmax; `allowed` (L, L) limits the keys."""
+    s = ref_logits(term, q, k, height, width)
+    keep = torch.ones(s.shape[-2:], dtype=torch.bool) if allowed is None else allowed.clone()
+    if diagonal == "mask":
+        keep &= ~torch.eye(s.shape[-1], dtype=torch.bool)
+    a = s.masked_fill(~keep, float("-inf")).softmax(-1)
+    a = torch.nan_to_num(a, nan=0.0)  # a row with no key left: empty sum
+    out = a @ v
+    return out, (a.diagonal(dim1=-2, dim2=-1) if diagonal == "report" else None)
+
+
+# ---------------------------------------------------------------- helpers
+
+def qkv(b, length, seed=0, d=C // (2 * HEADS), dv=C // HEADS, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(b, HEADS, length, n, generator=g) * scale).requires_grad_(True)
+            for n in (d, d, dv)]
+
+
+def grads_of(fn, leaves, term, seed=0):
+    """Run fn, contract its outputs with fixed random weights, return the gradients of the
+    leaves and of the relative tables."""
+    for t in [*leaves, term.rel.rel_h, term.rel.rel_w]:
+        t.grad = None
+    out, a_ii = fn()
+    g = torch.Generator().manual_seed(seed + 100)
+    loss = (out * torch.randn(out.shape, generator=g)).sum()
+    if a_ii is not None:
+        loss = loss + (a_ii * torch.randn(a_ii.shape, generator=g)).sum()
+    loss.backward()
+    return (out.detach(), None if a_ii is None else a_ii.detach(),
+            [t.grad.clone() for t in [*leaves, term.rel.rel_h, term.rel.rel_w]])
+
+
+def assert_same(fast, ref):
+    out_f, a_f, g_f = fast
+    out_r, a_r, g_r = ref
+    torch.testing.assert_close(out_f, out_r, **TOL)
+    if a_r is not None:
+        torch.testing.assert_close(a_f, a_r, **TOL)
+    names = ["q", "k", "v", "rel_h", "rel_w"]
+    for name, got, want in zip(names, g_f, g_r):
+        torch.testing.assert_close(got, want, **TOL, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+def autograd_nodes(t: torch.Tensor) -> set[str]:
+    seen, stack, names = set(), [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+# ---------------------------------------------------------------- the SDPA helpers
+
+@pytest.mark.parametrize("widths", [(5, 3), (3, 5), (8, 8), (13, 21)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_sdpa_pads_unequal_widths_exactly(widths, masked):
+    eq, ev = widths
+    g = torch.Generator().manual_seed(eq * 10 + ev)
+    q, k = (torch.randn(2, 3, 7, eq, generator=g).requires_grad_(True) for _ in range(2))
+    v = torch.randn(2, 3, 7, ev, generator=g).requires_grad_(True)
+    mask = None
+    if masked:
+        mask = torch.zeros(1, 1, 7, 7)
+        mask.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+    readout = torch.randn(2, 3, 7, ev, generator=g)
+
+    def run(fast):
+        for t in (q, k, v):
+            t.grad = None
+        if fast:
+            out = fused_sdpa(q, k, v, mask, scale=0.7)
+        else:
+            s = 0.7 * q @ k.transpose(-1, -2) + (0 if mask is None else mask)
+            out = s.softmax(-1) @ v
+        (out * readout).sum().backward()
+        return out.detach(), [t.grad.clone() for t in (q, k, v)]
+
+    (out_f, g_f), (out_r, g_r) = run(True), run(False)
+    assert out_f.shape == (2, 3, 7, ev)
+    torch.testing.assert_close(out_f, out_r, **TOL)
+    for got, want in zip(g_f, g_r):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_attend_with_sink_gives_attention_and_its_diagonal():
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(1, 2, 6, 4, generator=g).requires_grad_(True) for _ in range(2))
+    v = torch.randn(1, 2, 6, 5, generator=g).requires_grad_(True)
+    scale = 0.5
+    s = scale * q @ k.transpose(-1, -2)
+    a = s.softmax(-1)
+    s_ii = s.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
+    out, a_ii = attend_with_sink(q, k, v, s_ii, scale=scale)
+    torch.testing.assert_close(out, a @ v, **TOL)
+    torch.testing.assert_close(a_ii, a.diagonal(dim1=-2, dim2=-1), **TOL)
+    w = torch.randn(out.shape, generator=g)
+    grads_fast = torch.autograd.grad((out * w).sum() + a_ii.sum(), (q, k, v), retain_graph=True)
+    grads_ref = torch.autograd.grad((a @ v * w).sum() + a.diagonal(dim1=-2, dim2=-1).sum(),
+                                    (q, k, v))
+    for got, want in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+# ---------------------------------------------------------------- global binary term
+
+@pytest.mark.parametrize("diagonal", MODES)
+@pytest.mark.parametrize("b,h,w", [(1, 4, 4), (2, 5, 7), (1, 1, 6), (2, 12, 3)])
+def test_global_attend_forward_and_gradients(diagonal, b, h, w):
+    torch.manual_seed(h * 7 + w)
+    term = BinaryTerm(C, HEADS, max_size=MAX)
+    leaves = qkv(b, h * w, seed=h + w)
+    fast = grads_of(lambda: term.attend(*leaves, h, w, diagonal), leaves, term)
+    ref = grads_of(lambda: ref_attend(term, *leaves, h, w, diagonal), leaves, term)
+    assert_same(fast, ref)
+
+
+def test_global_report_when_self_attention_dominates():
+    torch.manual_seed(0)
+    term = BinaryTerm(C, HEADS, max_size=MAX)
+    q, k, v = qkv(1, 12, seed=4)
+    with torch.no_grad():
+        k.copy_(q * 6.0)  # a_ii close to 1: the sink carries about half the mass
+    fast = grads_of(lambda: term.attend(q, k, v, 3, 4, "report"), [q, k, v], term)
+    ref = grads_of(lambda: ref_attend(term, q, k, v, 3, 4, "report"), [q, k, v], term)
+    assert ref[1].max() > 0.9
+    assert_same(fast, ref)
+
+
+@pytest.mark.parametrize("diagonal", MODES)
+def test_global_attend_stays_on_the_fused_cpu_kernel(diagonal):
+    """Unequal q/k and v widths (or a rank-3 or grad-requiring mask) would silently send SDPA
+    to its math path, which builds the L x L weights; the padding keeps the fused kernel."""
+    term = BinaryTerm(C, HEADS, max_size=MAX)
+    q, k, v = qkv(2, 20, seed=1)
+    out, _ = term.attend(q, k, v, 4, 5, diagonal)
+    nodes = autograd_nodes(out)
+    assert "ScaledDotProductFlashAttentionForCpuBackward0" in nodes, sorted(nodes)
+    assert not {"SoftmaxBackward0", "SafeSoftmaxBackward0"} & nodes, sorted(nodes)
+
+
+# ---------------------------------------------------------------- windowed binary term
+
+WINDOW_CASES = [  # (b, H, W, window, halo)
+    (1, 8, 8, 4, 2),     # whole blocks
+    (2, 5, 7, 2, 1),     # ragged last blocks in both directions
+    (1, 3, 9, 4, 0),     # no halo: attention inside each block only
+    (1, 6, 5, 3, 2),     # odd block
+    (2, 4, 4, 8, 4),     # one block covering the map: plain global attention
+    (1, 1, 6, 2, 1),     # a single row
+]
+
+
+@pytest.mark.parametrize("diagonal", MODES)
+@pytest.mark.parametrize("b,h,w,window,halo", WINDOW_CASES)
+def test_windowed_attend_equals_explicit_masked_attention(diagonal, b, h, w, window, halo):
+    torch.manual_seed(window * 10 + halo)
+    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=window, halo=halo)
+    leaves = qkv(b, h * w, seed=h * w)
+    allowed = neighbourhood(h, w, window, halo)
+    assert not allowed.all() or window >= max(h, w)  # non-vacuous: keys really are cut
+    fast = grads_of(lambda: term.attend(*leaves, h, w, diagonal), leaves, term)
+    ref = grads_of(lambda: ref_attend(term, *leaves, h, w, diagonal, allowed), leaves, term)
+    assert_same(fast, ref)
+
+
+def test_windowed_report_when_self_attention_dominates():
+    torch.manual_seed(1)
+    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=3, halo=1)
+    q, k, v = qkv(1, 30, seed=5)
+    with torch.no_grad():
+        k.copy_(q * 6.0)
+    allowed = neighbourhood(5, 6, 3, 1)
+    fast = grads_of(lambda: term.attend(q, k, v, 5, 6, "report"), [q, k, v], term)
+    ref = grads_of(lambda: ref_attend(term, q, k, v, 5, 6, "report", allowed), [q, k, v], term)
+    assert ref[1].max() > 0.9
+    assert_same(fast, ref)
+
+
+def test_windowed_widen_dot_products_are_the_logits():
+    torch.manual_seed(2)
+    window, halo, h, w = 3, 2, 5, 7
+    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=window, halo=halo)
+    q, k, _ = qkv(1, h * w, seed=6)
+    q_wide, k_wide = term.widen(q, k, h, w)
+    s = q_wide @ k_wide.transpose(-1, -2)  # (heads, blocks, window^2, win^2)
+    full = ref_logits(term, q, k, h, w)[0]  # (heads, L, L)
+    win = window + 2 * halo
+    n_w = -(-w // window)
+    checked = 0
+    for i in range(h * w):
+        y, x = divmod(i, w)
+        block = (y // window) * n_w + x // window
+        p = (y % window) * window + x % window
+        for t in range(win * win):
+            ky = (y // window) * window - halo + t // win
+            kx = (x // window) * window - halo + t % win
+            if 0 <= ky < h and 0 <= kx < w:
+                torch.testing.assert_close(s[:, block, p, t], full[:, i, ky * w + kx], **TOL)
+                checked += 1
+    assert checked > 200
+
+
+def test_windowed_term_with_a_covering_window_is_the_global_term():
+    torch.manual_seed(3)
+    glob = BinaryTerm(C, HEADS, max_size=MAX).eval()
+    local = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=8, halo=4).eval()
+    local.load_state_dict(glob.state_dict())  # same parameters, same names
+    x = torch.randn(2, C, 6, 7, requires_grad=True)
+    torch.testing.assert_close(local(x), glob(x), **TOL)
+    gx_local, = torch.autograd.grad(local(x).square().sum(), x)
+    gx_glob, = torch.autograd.grad(glob(x).square().sum(), x)
+    torch.testing.assert_close(gx_local, gx_glob, **TOL)
+
+
+def test_windowed_term_handles_maps_larger_than_max_size():
+    term = WindowedBinaryTerm(16, 2, max_size=6, window=4, halo=2)
+    y = term(torch.randn(1, 16, 20, 13))
+    assert y.shape == (1, 16, 20, 13) and torch.isfinite(y).all()
+    with pytest.raises(ValueError, match="max_size"):
+        WindowedBinaryTerm(16, 2, max_size=5, window=4, halo=2)
+
+
+def test_windowed_mask_on_a_single_position_is_an_empty_sum():
+    term = WindowedBinaryTerm(16, 2, max_size=8, window=4)
+    q, k, v = (torch.randn(1, 2, 1, n, requires_grad=True) for n in (4, 4, 8))
+    out, _ = term.attend(q, k, v, 1, 1, "mask")
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.isfinite(v.grad).all()
+
+
+@pytest.mark.parametrize("diagonal", MODES)
+def test_windowed_attend_stays_on_the_fused_cpu_kernel(diagonal):
+    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=3, halo=1)
+    q, k, v = qkv(1, 35, seed=2)
+    out, _ = term.attend(q, k, v, 5, 7, diagonal)
+    nodes = autograd_nodes(out)
+    assert "ScaledDotProductFlashAttentionForCpuBackward0" in nodes, sorted(nodes)
+
+
+# ---------------------------------------------------------------- strategies with a window
+
+def _randomize_bn(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            with torch.no_grad():
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.3 * torch.randn(n, generator=g))
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+    return module.eval()
+
+
+@pytest.mark.parametrize("fusion", ATTENTION)
+def test_every_strategy_with_a_covering_window_equals_its_global_self(fusion):
+    torch.manual_seed(4)
+    glob = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX))
+    local = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, window=8))
+    local.load_state_dict(glob.state_dict())
+    assert isinstance(local.fusion.binary, WindowedBinaryTerm)
+    x = torch.randn(1, C, 5, 6, requires_grad=True)
+    y_local, y_glob = local(x), glob(x)
+    torch.testing.assert_close(y_local, y_glob, **TOL)
+    if fusion in ("sa", "softmax"):
+        assert local.fusion.last_unary_share == pytest.approx(glob.fusion.last_unary_share,
+                                                              rel=1e-5)
+    w = torch.randn(y_glob.shape)
+    params_local = [p for _, p in sorted(local.named_parameters())]
+    params_glob = [p for _, p in sorted(glob.named_parameters())]
+    for got, want in zip(torch.autograd.grad((y_local * w).sum(), [x, *params_local]),
+                         torch.autograd.grad((y_glob * w).sum(), [x, *params_glob])):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+@pytest.mark.parametrize("fusion", ["sa", "binary", "softmax"])
+def test_strategy_with_a_small_window_uses_the_neighbourhood(fusion):
+    """sa / binary / softmax on a 3x3 window with halo 1: the head outputs are the explicit
+    neighbourhood attention (the softmax strategy also reports the neighbourhood a_ii)."""
+    torch.manual_seed(5)
+    module = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, window=3))
+    term = module.fusion.binary
+    assert (term.window, term.halo) == (3, 1)
+    h, w = 7, 5
+    x = torch.randn(2, C, h, w)
+    seen = {}
+    original = term.attend
+
+    def spy(*a, **kw):
+        out = original(*a, **kw)
+        seen["args"], seen["out"] = a, out
+        return out
+
+    term.attend = spy
+    module(x)
+    q, k, v, hh, ww, diagonal = seen["args"]
+    ref_out, ref_a = ref_attend(term, q, k, v, h, w, diagonal, neighbourhood(h, w, 3, 1))
+    torch.testing.assert_close(seen["out"][0], ref_out, **TOL)
+    if ref_a is not None:
+        torch.testing.assert_close(seen["out"][1], ref_a, **TOL)
+
+
+def test_backbone_window_per_stage():
+    torch.manual_seed(0)
+    model = lesa.build_backbone("resnet_tiny", fusion="dynamic", num_classes=10,
+                                window={3: None, 4: 2})
+    kinds = {name: type(m.binary).__name__ for name, m in model.named_modules()
+             if isinstance(m, lesa.Fusion) and m.name != "conv"}
+    assert kinds and all(v == ("WindowedBinaryTerm" if n.startswith("layer4") else "BinaryTerm")
+                         for n, v in kinds.items()), kinds
+    y = model(torch.randn(2, 3, 32, 32))
+    y.sum().backward()
+    assert y.shape == (2, 10)
+    every = lesa.build_backbone("resnet_tiny", fusion="sa", window=2)
+    assert all(isinstance(m.binary, WindowedBinaryTerm) for m in every.modules()
+               if isinstance(m, lesa.Fusion) and m.name != "conv")
+    plain = lesa.build_backbone("resnet_tiny", fusion="sa")
+    assert not any(isinstance(m, WindowedBinaryTerm) for m in plain.modules())
+    # the window changes no parameter: same state dict keys and shapes
+    assert {k: v.shape for k, v in every.state_dict().items()} == \
+        {k: v.shape for k, v in plain.state_dict().items()}

@@ -1,0 +1,95 @@
+"""`lesa-bench profile` on a tiny shape: it runs through run(args) and writes the JSON report.
+
+Only structure is checked (keys, counts, finite positive numbers): timings on the shared test
+machine are noise, so no speed or memory claim is ever asserted here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from bench import profile
+
+ROW_KEYS = {"name", "kind", "note", "infer", "train", "ratio_to_botnet", "pct_of_ceiling"}
+MODE_KEYS = {"time_s", "time_min_s", "cpu_s", "repeats", "peak_mem_bytes", "flops",
+             "images_per_s", "gflops_per_s"}
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    profile.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_profile_module_does_not_import_torch():
+    code = "import sys, bench.profile; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_quick_profile_writes_json(tmp_path):
+    pytest.importorskip("timm")
+    target = tmp_path / "profile.json"
+    args = parse("--quick", "--shape", "2,16,4,4", "--heads", "2",
+                 "--parts", "table,window,network", "--json", str(target))
+    assert profile.run(args) == 0
+    report = json.loads(target.read_text())
+    assert set(report) >= {"meta", "shapes", "window", "network", "targets"}
+    assert report["meta"]["memory"] and report["meta"]["flops"]
+
+    (shape,) = report["shapes"]
+    assert shape["shape"] == [2, 16, 4, 4] and shape["tokens"] == 16
+    names = [r["name"] for r in shape["rows"]]
+    import lesa
+
+    for fusion in lesa.FUSIONS:
+        assert fusion in names
+    assert {"BottleneckAttn", "HaloAttn", "sa·w4", "dynamic·w4"} <= set(names)
+    kinds = {r["kind"] for r in shape["rows"]}
+    assert {"strategy", "peer", "core", "ceiling:sdpa", "ceiling:matmul"} <= kinds
+    for r in shape["rows"]:
+        assert ROW_KEYS <= set(r), r["name"]
+        assert MODE_KEYS <= set(r["infer"]), r["name"]
+        assert r["infer"]["time_s"] > 0 and math.isfinite(r["infer"]["time_s"])
+        if r["kind"] == "ceiling:matmul":
+            assert r["train"] is None
+            continue
+        assert MODE_KEYS <= set(r["train"]), r["name"]
+        assert r["train"]["flops"] > 0, r["name"]  # every row runs a conv, matmul or SDPA
+        assert r["ratio_to_botnet"]["train_time"] > 0
+        assert r["pct_of_ceiling"]["infer_matmul"] > 0
+    botnet = next(r for r in shape["rows"] if r["name"] == "BottleneckAttn")
+    assert botnet["ratio_to_botnet"]["train_time"] == pytest.approx(1.0)
+
+    assert {e["module"] for e in report["window"]} == {"WindowedBinaryTerm", "HaloAttn"}
+    for e in report["window"]:
+        assert e["infer"]["us_per_token"] > 0 and e["train"]["us_per_token"] > 0
+    net = report["network"]
+    assert [r["name"] for r in net["rows"]] == ["resnet_tiny conv", "resnet_tiny dynamic"]
+    assert net["dynamic_over_conv_images_per_s"] > 0
+
+    targets = {t["target"]: t for t in report["targets"]}
+    assert set(targets) == set(profile.TARGETS_TEXT)
+    assert targets["network_train"]["value"] is not None
+    assert targets["core_vs_matmul"]["met"] is None  # L = 4096 was not measured
+
+
+def test_profile_rejects_bad_arguments():
+    with pytest.raises(SystemExit, match="B,C,H,W"):
+        profile.run(parse("--quick", "--shape", "2,16,4", "--parts", "table"))
+    with pytest.raises(SystemExit, match="unknown"):
+        profile.run(parse("--quick", "--parts", "tables"))
+
+
+@pytest.mark.slow
+def test_quick_profile_lightning_overhead(tmp_path):
+    pytest.importorskip("lightning")
+    target = tmp_path / "profile.json"
+    assert profile.run(parse("--quick", "--parts", "lightning", "--json", str(target))) == 0
+    lit = json.loads(target.read_text())["lightning"]
+    assert "skipped" in lit or (lit["lightning_step_s"] > 0 and lit["plain_step_s"] > 0)
