@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    console = Console()
+    # in a log file (no terminal) rich would wrap tables at 80 columns; logs can be wide
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     from bench.config import ConfigError
     from bench.data import DataError
 

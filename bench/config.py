@@ -42,7 +42,7 @@ DEFAULTS: dict = {
     "seed": 0,
     "data": dict(COMMON_OPTIONS),
     "model": {"backbone": "resnet_tiny", "fusion": "dynamic", "heads": 8, "output_stride": 32,
-              "attention_stages": [3, 4], "max_size": 64, "stem": None},
+              "attention_stages": [3, 4], "max_size": 64, "stem": None, "window": None},
     "optim": {"name": "sgd", "lr": 0.1, "lr_batch": None, "momentum": 0.9, "nesterov": True,
               "weight_decay": 5e-4, "warmup_epochs": 1.0, "label_smoothing": 0.0},
     "trainer": {"max_epochs": 10, "accelerator": "cpu", "devices": 1, "strategy": "auto",
@@ -158,12 +158,26 @@ def resolve(raw: dict) -> dict:
     stages = cfg["model"]["attention_stages"]
     if not all(isinstance(s, int) and 1 <= s <= 4 for s in stages):
         raise ConfigError(f"model.attention_stages: {stages!r}: stages are numbered 1-4")
+    window = cfg["model"]["window"]
+    sizes = window.values() if isinstance(window, dict) else [window]
+    if not all(w is None or isinstance(w, int) and not isinstance(w, bool) and w > 0
+               for w in sizes) or isinstance(window, dict) and not all(
+                   str(k) in "1234" and len(str(k)) == 1 for k in window):
+        raise ConfigError(f"model.window: {window!r}: expected null (global attention), a "
+                          f"window size like 8, or per stage like {{3: null, 4: 8}}")
     return cfg
+
+
+def _without_nulls(value):
+    # null-valued keys stay out of the id: a new optional key (default null) keeps old ids valid
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return copy.deepcopy(value)
 
 
 def run_id(cfg: dict) -> str:
     """Readable prefix + a hash of the resolved config (what the run computes)."""
-    identity = copy.deepcopy(cfg)
+    identity = _without_nulls(cfg)
     for section, key in NOT_IN_ID:
         identity.get(section, {}).pop(key, None)
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]

@@ -151,12 +151,17 @@ class PeakMemory:
         return max(0, self._status("VmHWM") - base)
 
 
-def _timed(fn, sync) -> tuple[float, float]:
+def _timed(fn, sync) -> tuple[float, float, float]:
+    """(wall, CPU = user + sys of all threads, sys alone: page faults show up there)."""
+    import resource
+
     sync()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     sync()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_stime - before.ru_stime
 
 
 def _flops(fn) -> int:
@@ -167,10 +172,11 @@ def _flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def _stats(times: list[tuple[float, float]]) -> dict:
-    walls = [t for t, _ in times]
+def _stats(times: list[tuple[float, float, float]]) -> dict:
+    walls = [t[0] for t in times]
     return {"time_s": statistics.median(walls), "time_min_s": min(walls),
-            "cpu_s": statistics.median(c for _, c in times), "repeats": len(walls)}
+            "cpu_s": statistics.median(t[1] for t in times),
+            "sys_s": statistics.median(t[2] for t in times), "repeats": len(walls)}
 
 
 def _parse_shape(text: str) -> tuple[int, int, int, int]:
@@ -452,7 +458,8 @@ def _window_part(torch, args, c, device, dtype, sync, memory, timm_layers, conso
         for mode in ("infer", "train"):
             m = r[mode]
             entry[mode] = dict(m, us_per_token=m["time_s"] / tokens * 1e6,
-                               cpu_us_per_token=m["cpu_s"] / tokens * 1e6)
+                               cpu_us_per_token=m["cpu_s"] / tokens * 1e6,
+                               sys_us_per_token=m["sys_s"] / tokens * 1e6)
         out.append(entry)
     return out
 
@@ -690,13 +697,14 @@ def _print_tables(result: dict, console) -> None:
         table = Table(title="time per token over growing maps (B = "
                       f"{result['window'][0]['batch']})", title_justify="left")
         for col in ("module", "L", "infer us/token", "train us/token", "infer cpu us/token",
-                    "train cpu us/token", "peak MiB train"):
+                    "train cpu us/token", "train sys us/token", "peak MiB train"):
             table.add_column(col, justify="left" if col == "module" else "right")
         for e in result["window"]:
             table.add_row(e["module"], str(e["tokens"]), _fmt(e["infer"]["us_per_token"], ".2f"),
                           _fmt(e["train"]["us_per_token"], ".2f"),
                           _fmt(e["infer"]["cpu_us_per_token"], ".2f"),
                           _fmt(e["train"]["cpu_us_per_token"], ".2f"),
+                          _fmt(e["train"]["sys_us_per_token"], ".2f"),
                           _fmt(e["train"]["peak_mem_bytes"] and
                                e["train"]["peak_mem_bytes"] / 2**20, ".0f"))
         console.print(table)

@@ -22,6 +22,12 @@ from bench.config import Experiment, Run
 from bench.store import RunDir, experiment_dir, now
 
 _DONE, _FAILED, _SKIPPED, _INTERRUPTED = "done", "failed", "skipped", "interrupted"
+_PRUNED = "pruned"  # a sweep trial stopped early by Optuna's pruner (bench/sweep.py)
+
+
+def _is_pruned(err: Exception) -> bool:
+    optuna = sys.modules.get("optuna")  # only a sweep imports it; runs stay Optuna-free
+    return optuna is not None and isinstance(err, optuna.TrialPruned)
 
 
 class RunInterrupted(Exception):
@@ -171,6 +177,10 @@ def execute(run: Run, run_dir: RunDir, console: Console, label: str = "",
                               elapsed_s=time.time() - start + previous.get("elapsed_s", 0.0))
         raise RunInterrupted() from None
     except Exception as err:  # noqa: BLE001 - one run's failure must not stop the matrix
+        if _is_pruned(err):  # a sweep's pruner stopped this trial early: not a failure
+            run_dir.update_status(state=_PRUNED, error=None, finished=now(),
+                                  elapsed_s=time.time() - start + previous.get("elapsed_s", 0.0))
+            return _PRUNED
         (run_dir.path / "error.log").write_text(traceback.format_exc())
         reason = f"{type(err).__name__}: {err}"
         run_dir.update_status(state="failed", error=reason, finished=now(),

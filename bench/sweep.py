@@ -130,7 +130,7 @@ def _param_spec(key: str, spec, base_value) -> dict:
             kind = "categorical"
         elif all(isinstance(spec.get(b), int) and not isinstance(spec.get(b), bool)
                  for b in ("low", "high")) and isinstance(base_value, int) \
-                and not isinstance(base_value, bool) and not spec.get("log") is None:
+                and not isinstance(base_value, bool):
             kind = "int"
         else:
             kind = "float"
@@ -444,8 +444,8 @@ def open_storage(exp: Experiment, results: Path, url: str | None, workers: bool 
     With `workers`, RDB storages get heartbeats: a trial whose machine died is failed after the
     grace period and its parameters re-queued (a journal has no heartbeat; see reap_dead_trials).
     """
-    import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna import storages
+    from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
     journal = _journal_path(exp, results, url)
@@ -454,8 +454,12 @@ def open_storage(exp: Experiment, results: Path, url: str | None, workers: bool 
         return JournalStorage(JournalFileBackend(str(journal)))
     options = {"engine_kwargs": {"pool_pre_ping": True}} if not url.startswith("sqlite") else {}
     if workers:
-        options.update(heartbeat_interval=60, grace_period=300,
-                       failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+        options.update(heartbeat_interval=60, grace_period=300)
+        if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
+            options["heartbeat_stale_trial_callback"] = \
+                storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+        else:
+            options["failed_trial_callback"] = storages.RetryFailedTrialCallback(max_retry=3)
     try:
         return RDBStorage(url, **options)
     except ImportError as err:
@@ -464,8 +468,6 @@ def open_storage(exp: Experiment, results: Path, url: str | None, workers: bool 
     except Exception as err:  # noqa: BLE001 - sqlalchemy's errors: bad URL, refused, auth
         raise ConfigError(f"--storage {_masked(url)}: cannot open it: "
                           f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
-    finally:
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def _quiet_optuna() -> None:
@@ -596,37 +598,6 @@ def _counts(study) -> dict:
     return counts
 
 
-def _divergence_guard():
-    """A callback that fails the run at a non-finite training loss instead of training on NaN.
-
-    Checked every log_every_n_steps batches and at each epoch's end (NaN weights stay NaN, so
-    a sparse check finds it; a per-step check would sync the GPU every step).
-    """
-    import lightning as L
-    import torch
-
-    class StopOnDivergence(L.Callback):
-        def __init__(self):
-            self._loss = None
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-            if isinstance(loss, torch.Tensor):
-                self._loss = loss.detach()
-                if batch_idx % max(1, trainer.log_every_n_steps) == 0:
-                    self._check(trainer)
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            self._check(trainer)
-
-        def _check(self, trainer):
-            if self._loss is not None and not bool(torch.isfinite(self._loss).all()):
-                raise FloatingPointError(f"diverged: training loss {float(self._loss)} at epoch "
-                                         f"{trainer.current_epoch}, step {trainer.global_step}")
-
-    return StopOnDivergence()
-
-
 def _release_memory() -> None:
     import gc
 
@@ -734,8 +705,8 @@ class Objective:
                 return "done"
             pruning = PyTorchLightningPruningCallback(trial, monitor=self.cell.metric)
             try:
-                outcome = execute(run, run_dir, self.console, label,
-                                  extra_callbacks=[pruning, _divergence_guard()])
+                # a NaN loss fails the run through the runner's DivergenceGuard
+                outcome = execute(run, run_dir, self.console, label, extra_callbacks=[pruning])
             except RunInterrupted:
                 # re-queue, so the next sweep resumes this run from the checkpoint just saved
                 trial.set_user_attr("interrupted", True)
@@ -772,8 +743,7 @@ def _finished(study, cell: StudyCell, budget: int, sweep: dict) -> str | None:
     return None
 
 
-def _load_studies(exp: Experiment, cells: list[StudyCell], storage, budgets: dict,
-                  worker: int):
+def _load_studies(exp: Experiment, cells: list[StudyCell], storage, worker: int):
     import optuna
 
     studies = {}
@@ -798,7 +768,7 @@ def sweep_worker(exp: Experiment, results: Path, url: str | None, budgets: dict,
     _quiet_optuna()
     storage = open_storage(exp, results, url, workers=True)
     cells = study_cells(exp)
-    studies = _load_studies(exp, cells, storage, budgets, worker)
+    studies = _load_studies(exp, cells, storage, worker)
     root = experiment_dir(results, exp.name)
     prefix = f"[w{worker}] " if workers > 1 else ""
     short = []
@@ -909,8 +879,8 @@ def run_sweep(exp: Experiment, results: Path, console: Console, trials: int | No
         code = _spawn_workers(exp, results, url, budgets, workers, console)
     if code == 130:
         return code
-    summary = _summary(exp, cells, handle, results)
-    console.print(summary)
+    for part in _summary(exp, cells, handle, results):
+        console.print(part, highlight=False, soft_wrap=isinstance(part, str))
     incomplete = [c.name for c in cells if not _study_done(handle, c, budgets[c.name], sweep)]
     if incomplete:
         console.print(f"[yellow]{len(incomplete)} studies below budget: run the same command to "
@@ -978,29 +948,33 @@ def _best(study):
         return None
 
 
-def _summary(exp: Experiment, cells: list[StudyCell], storage, results: Path) -> Table:
-    table = Table(title=f"{exp.name}: sweep ({describe_storage(exp, results, storage_url(exp, results))})")
-    for col in ("study", "trials", "complete", "pruned", "failed", "best", "best parameters",
-                "best run"):
-        table.add_column(col, justify="right" if col in ("trials", "complete", "pruned",
-                                                           "failed", "best") else "left")
+def _summary(exp: Experiment, cells: list[StudyCell], storage, results: Path) -> list:
+    """The sweep table (trials of the budget, counts, best value) and the best parameters."""
+    url = storage_url(exp, results)
+    table = Table(title=f"{exp.name}: sweep ({describe_storage(exp, results, url)})")
+    table.add_column("study")
+    for col in ("trials", "complete", "pruned", "failed", "best"):
+        table.add_column(col, justify="right")
+    lines = []
     for cell in cells:
         study = _load(storage, cell.name)
         if study is None:
-            table.add_row(cell.short, "-", "", "", "", "not started", "", "")
+            table.add_row(cell.short, "-", "", "", "", "not started")
             continue
         c = _counts(study)
         budget = study.user_attrs.get("budget", exp.sweep["trials"])
         best = _best(study)
         failed = str(c["failed"]) + (f" ({c['killed']} killed, re-queued)" if c["killed"] else "")
         running = f" +{c['running']} running" if c["running"] else ""
-        table.add_row(
-            cell.short, f"{c['complete'] + c['pruned']}/{budget}{running}", str(c["complete"]),
-            str(c["pruned"]), failed,
-            f"{best.value:.4f}" if best else "-",
-            _fmt_params(best.params) if best else "no complete trial",
-            best.user_attrs.get("run_id", "") if best else "")
-    return table
+        table.add_row(cell.short, f"{c['complete'] + c['pruned']}/{budget}{running}",
+                      str(c["complete"]), str(c["pruned"]), failed,
+                      f"{best.value:.4f}" if best else "-")
+        if best:
+            lines.append(f"  {cell.short} #{best.number}: {_fmt_params(best.params)} "
+                         f"(run {best.user_attrs.get('run_id', '?')})")
+        else:
+            lines.append(f"  {cell.short}: no complete trial yet")
+    return [table, "best parameters:", *lines]
 
 
 def print_sweep_report(exp: Experiment, results: Path, console: Console) -> int:
@@ -1012,10 +986,12 @@ def print_sweep_report(exp: Experiment, results: Path, console: Console) -> int:
         console.print(f"[yellow]no sweep yet for {exp.name}: run `lesa-bench sweep "
                       f"{exp.path or exp.name}` first")
         return 0
-    console.print(_summary(exp, cells, storage, results))
+    for part in _summary(exp, cells, storage, results):
+        console.print(part, highlight=False, soft_wrap=isinstance(part, str))
     if cells:
         console.print(f"objective: best {cells[0].metric} over epochs ({cells[0].direction}); "
-                      f"live plots: optuna-dashboard {describe_storage(exp, results, url)}")
+                      f"live plots: optuna-dashboard {describe_storage(exp, results, url)}",
+                      highlight=False, soft_wrap=True)
     return 0
 
 

@@ -75,6 +75,7 @@ BAD = [
     ("section not a mapping", {"trainer": [1, 2]}, ["trainer", "expected a mapping"]),
     ("non-positive batch", {"data": {"batch_size": 0}}, ["data.batch_size", "positive"]),
     ("bad stage numbers", {"model": {"attention_stages": [3, 7]}}, ["attention_stages", "1-4"]),
+    ("bad window", {"model": {"window": -2}}, ["model.window", "-2", "window size"]),
     ("dataset option of another dataset", {"data": {"name": "digits", "train": {}}},
      ["data.train", "unknown key"]),
 ]

@@ -117,6 +117,6 @@ def test_crowd_boxes_stay_out_of_the_loss():
 
 def test_bad_detection_options_name_the_key():
     with pytest.raises(ValueError, match="model.detection.fpn_channels"):
-        build(tiny_config(fpn_channels=40))
+        build(tiny_config(fpn_channels=48))
     with pytest.raises(ValueError, match="model.detection.anchor_sizes"):
         build(tiny_config(anchor_sizes=[4, 8]))

@@ -16,7 +16,7 @@ import pytest
 from bench import profile
 
 ROW_KEYS = {"name", "kind", "note", "infer", "train", "ratio_to_botnet", "pct_of_ceiling"}
-MODE_KEYS = {"time_s", "time_min_s", "cpu_s", "repeats", "peak_mem_bytes", "flops",
+MODE_KEYS = {"time_s", "time_min_s", "cpu_s", "sys_s", "repeats", "peak_mem_bytes", "flops",
              "images_per_s", "gflops_per_s"}
 
 

@@ -57,9 +57,9 @@ def detection_options(model: dict) -> dict:
         raise ValueError(f"model.detection.anchor_sizes must be 4 positive sizes in pixels, one "
                          f"per FPN level P2-P5 (strides 4-32), got {sizes!r}")
     channels = options["fpn_channels"]
-    if not isinstance(channels, int) or channels < 16 or channels % 16:
-        raise ValueError(f"model.detection.fpn_channels must be a multiple of 16 (the FCOS head "
-                         f"uses GroupNorm with 16 groups), got {channels!r}")
+    if not isinstance(channels, int) or channels < 32 or channels % 32:
+        raise ValueError(f"model.detection.fpn_channels must be a multiple of 32 (the FCOS head "
+                         f"uses GroupNorm with 32 groups), got {channels!r}")
     if not isinstance(options["head_convs"], int) or options["head_convs"] < 0:
         raise ValueError(f"model.detection.head_convs must be an integer >= 0, got "
                          f"{options['head_convs']!r}")
