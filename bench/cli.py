@@ -120,6 +120,11 @@ def cmd_status(args, console: Console) -> int:
 
     exp = load_experiment(args.experiment, args.set, args.only)
     print_status(exp, exp.runs, args.results, console)
+    if exp.sweep:
+        from bench.sweep import trial_runs
+
+        print_status(exp, trial_runs(exp, args.results), args.results, console,
+                     title="sweep trials")
     return 0
 
 

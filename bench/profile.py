@@ -36,6 +36,11 @@ growing maps, LESA-ResNet-26 (dynamic) against the conv ResNet-26 in training im
 against a plain PyTorch loop doing the same work. A targets table closes the report. Everything
 also goes to --json.
 
+CPU timings include the allocator: glibc hands large buffers back to the OS after each call, so
+the next call page-faults them in again (the "sys" time columns). To see the share, run with
+MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 (glibc then keeps and reuses freed
+memory, as jemalloc or tcmalloc would); the JSON records any MALLOC_* variables.
+
 torch, timm and lightning are imported inside run(): `lesa-bench --help` stays fast. timm is a
 dev/bench dependency (`pip install -e .[dev]`); without it the peer rows are skipped with a note.
 """
@@ -44,6 +49,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -677,7 +683,9 @@ def _print_tables(result: dict, console) -> None:
         for col in ("row", "infer ms", "train ms", "train img/s", "train MiB", "infer GFLOP/s",
                     "xBoT infer", "xBoT train", "xBoT mem", "%SDPA", "%matmul"):
             table.add_column(col, justify="left" if col == "row" else "right")
-        group = lambda r: ("w" if "·w" in r["name"] else "") + r["kind"].split(":")[0]  # noqa: E731,E501
+        def group(r):  # sections: strategies, windowed strategies, peers, core, ceilings
+            return ("w" if "·w" in r["name"] else "") + r["kind"].split(":")[0]
+
         rows = s["rows"]
         for i, r in enumerate(rows):
             inf, tr = r.get("infer") or {}, r.get("train") or {}
@@ -789,6 +797,7 @@ def run(args: argparse.Namespace) -> int:
         "time": "median wall time of the repeats (round robin over rows, after warm-up)",
         "memory": memory.method, "flops": "torch.utils.flop_counter.FlopCounterMode",
         "argv": sys.argv[1:], "notes": notes,
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "timm": getattr(sys.modules.get("timm"), "__version__", None),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S")}}
     if device.type == "cuda":

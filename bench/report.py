@@ -22,7 +22,7 @@ from bench.store import RunDir, experiment_dir
 from bench.tasks import TASKS
 
 STATE_STYLE = {"done": "green", "running": "cyan", "failed": "red", "interrupted": "yellow",
-               "pending": "dim", "diverged": "red"}
+               "pending": "dim", "pruned": "yellow", "stale": "magenta"}
 # headline metrics per task in the ablation table (the rest go to JSON/CSV exports)
 ABLATION_METRICS = {"classification": ("test/acc1",),
                     "detection": ("test/map_50", "test/map", "test/ap_vt", "test/ap_t",
@@ -163,12 +163,13 @@ def print_status(exp: Experiment, runs: list[Run], results: Path, console: Conso
         note = s.get("error") or ""
         if r.stale:
             note = "stored config does not match its id: ignored"
-        style = STATE_STYLE.get(r.state, "")
+        style = STATE_STYLE.get(r.state, "default")
         table.add_row(r.run.id, r.run.config["model"]["fusion"], r.run.config["data"]["name"],
                       str(r.run.config["seed"]), f"[{style}]{r.state}[/]", progress, elapsed,
                       note[:80])
     console.print(table)
-    console.print("  ".join(f"[{STATE_STYLE.get(k, '')}]{k}: {v}[/]" for k, v in counts.items()))
+    console.print("  ".join(f"[{STATE_STYLE.get(k, 'default')}]{k}: {v}[/]"
+                            for k, v in counts.items()))
 
 
 # --- report -----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-STATES = ("pending", "running", "done", "failed", "interrupted")
+STATES = ("pending", "running", "done", "failed", "interrupted", "pruned")
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -58,6 +58,7 @@ PRUNERS = {"median": {"n_startup_trials": int, "n_warmup_steps": int, "interval_
                          "reduction_factor": int},
            "none": {}}
 DEFAULT_TRIALS = 20
+RUNNING_ELSEWHERE = "the last trials are running in other workers"
 # how long a RUNNING trial may go without saying which worker runs it (it does so at once)
 UNCLAIMED_GRACE_S = 120
 
@@ -157,8 +158,8 @@ def _param_spec(key: str, spec, base_value) -> dict:
     low, high = spec.get("low"), spec.get("high")
     for bound, value in (("low", low), ("high", high)):
         if not _is_number(value) or (kind == "int" and not isinstance(value, int)):
-            raise ConfigError(f"{where}.{bound}: expected {'an int' if kind == 'int' else 'a number'}"
-                              f", got {value!r}")
+            wanted = "an int" if kind == "int" else "a number"
+            raise ConfigError(f"{where}.{bound}: expected {wanted}, got {value!r}")
     if not low <= high:
         raise ConfigError(f"{where}: low ({low!r}) must not be above high ({high!r})")
     log = spec.get("log", False)
@@ -171,8 +172,8 @@ def _param_spec(key: str, spec, base_value) -> dict:
         if log:
             raise ConfigError(f"{where}: `step` and `log: true` cannot be combined")
         if not _is_number(step) or step <= 0 or (kind == "int" and not isinstance(step, int)):
-            raise ConfigError(f"{where}.step: expected a positive {'int' if kind == 'int' else 'number'}"
-                              f", got {step!r}")
+            wanted = "int" if kind == "int" else "number"
+            raise ConfigError(f"{where}.step: expected a positive {wanted}, got {step!r}")
     if kind == "int" and step is None:
         step = 1
     if kind == "float":
@@ -236,7 +237,9 @@ def validate_sweep(sweep, runs: list[Run]) -> dict:
     for run in runs:
         for axis, value in run.axes.items():
             axes |= set(value) if isinstance(value, dict) else {axis}
-    example = runs[0].config if runs else None
+    examples = {}  # one config per dataset: their keys differ (model.detection.*, data.*)
+    for run in runs:
+        examples.setdefault(run.config["data"]["name"], run.config)
     space = {}
     for key, spec in params.items():
         key = str(key)
@@ -247,12 +250,14 @@ def validate_sweep(sweep, runs: list[Run]) -> dict:
             raise ConfigError(f"sweep.params.{key}: is a matrix axis (one study per value); "
                               f"remove it from the sweep or from the matrix")
         base_value = None
-        if example is not None:
+        for dataset, example in examples.items():
             leaves = _leaf_keys(example)
             if key not in leaves:
                 section = any(k.startswith(f"{key}.") for k in leaves)
-                what = "a section, not a key" if section else f"not a config key{_closest(key, leaves)}"
-                raise ConfigError(f"sweep.params.{key}: {what}")
+                what = ("a section, not a key" if section else
+                        f"not a config key{_closest(key, leaves)}")
+                where = f" (of the {dataset} runs)" if len(examples) > 1 else ""
+                raise ConfigError(f"sweep.params.{key}: {what}{where}")
             base_value = _get(example, key)
         space[key] = _param_spec(key, spec, base_value)
     metric, direction = sweep.get("metric"), sweep.get("direction")
@@ -375,7 +380,7 @@ def study_cells(exp: Experiment) -> list[StudyCell]:
         fusion, dataset = run.config["model"]["fusion"], run.config["data"]["name"]
         extra = []
         for axis, value in run.axes.items():
-            if axis in ("seed", "model.fusion") or axis.startswith("data."):
+            if axis in ("seed", "model.fusion", "data.name"):
                 continue
             if isinstance(value, dict):
                 if "data.name" in value:
@@ -386,8 +391,9 @@ def study_cells(exp: Experiment) -> list[StudyCell]:
         key = tuple((a, json.dumps(v, sort_keys=True)) for a, v in run.axes.items() if a != "seed")
         if name in cells:
             if keys[name] != key:
-                raise ConfigError(f"matrix: two cells would share the study {name!r}; give the "
-                                  f"axes that tell them apart dotted names")
+                raise ConfigError(f"matrix: two cells would share the study {name!r} (bundle "
+                                  f"values with the same data.name); set what tells them apart "
+                                  f"with a dotted axis instead")
             cells[name].runs.append(run)
             continue
         task = TASKS[DATASETS[dataset].task]
@@ -407,7 +413,7 @@ def _is_journal(url: str) -> bool:
 
 
 def storage_url(exp: Experiment, results: Path, given: str | None = None) -> str | None:
-    """--storage, else the sweep section's storage, else what the last sweep used; None = journal."""
+    """--storage, else the sweep section's, else the last sweep's; None means the journal file."""
     if given:
         return str(Path(given).resolve()) if _is_journal(given) else given
     if exp.sweep and exp.sweep.get("storage"):
@@ -529,7 +535,8 @@ def _this_worker() -> dict:
 
 def _worker_dead(worker: dict | None, started: datetime | None) -> bool:
     if not worker:  # killed between creating the trial and claiming it (milliseconds)
-        return started is not None and (datetime.now() - started).total_seconds() > UNCLAIMED_GRACE_S
+        age = (datetime.now() - started).total_seconds() if started is not None else 0.0
+        return age > UNCLAIMED_GRACE_S
     if worker.get("host") != socket.gethostname():
         return False  # another machine's worker: its RDB heartbeat speaks for it
     try:
@@ -695,6 +702,7 @@ class Objective:
 
     def _train(self, trial, run: Run, run_dir: RunDir, label: str) -> str:
         """Train the trial's run (or reuse it when an earlier trial finished the same config)."""
+        import optuna
         from optuna_integration import PyTorchLightningPruningCallback
 
         from bench.runner import RunInterrupted, execute
@@ -715,7 +723,7 @@ class Objective:
             if outcome == "done":
                 try:
                     pruning.check_pruned()  # under DDP the callback only records the decision
-                except Exception:
+                except optuna.TrialPruned:
                     run_dir.update_status(state="pruned")
                     return "pruned"
             if outcome != "skipped":
@@ -734,7 +742,7 @@ def _finished(study, cell: StudyCell, budget: int, sweep: dict) -> str | None:
     if counts["complete"] + counts["pruned"] >= budget:
         return "budget reached"
     if counts["complete"] + counts["pruned"] + counts["running"] >= budget:
-        return "the last trials are running in other workers"
+        return RUNNING_ELSEWHERE
     if sweep["sampler"]["name"] == "grid" and not counts["waiting"]:
         started = {t.system_attrs.get("grid_id") for t in study.get_trials(deepcopy=False)
                    if "grid_id" in t.system_attrs and t.state != TrialState.WAITING}
@@ -761,7 +769,6 @@ def _load_studies(exp: Experiment, cells: list[StudyCell], storage, worker: int)
 def sweep_worker(exp: Experiment, results: Path, url: str | None, budgets: dict, worker: int,
                  console: Console, workers: int = 1) -> int:
     """One worker's loop: each study in turn, until its budget is reached. Exit code."""
-    import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
@@ -775,8 +782,9 @@ def sweep_worker(exp: Experiment, results: Path, url: str | None, budgets: dict,
     for cell in cells:
         study, budget = studies[cell.name], budgets[cell.name]
         objective = Objective(cell, exp.sweep["params"], budget, root, console, prefix)
-        failed_here = 0
+        failed_in_a_row = 0
         while _finished(study, cell, budget, exp.sweep) is None:
+            objective.last = None
             try:
                 # one trial per call: the budget is checked against every worker before each
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
@@ -786,14 +794,15 @@ def sweep_worker(exp: Experiment, results: Path, url: str | None, budgets: dict,
                 console.print(f"[yellow]{prefix}interrupted: the trial's run is saved and its "
                               f"parameters queued; run the same command to continue")
                 return 130
-            if objective.last and objective.last[1] == "failed":
-                failed_here += 1
-                if failed_here >= budget:
-                    console.print(f"[red]{prefix}{cell.short}: {failed_here} trials failed in a "
-                                  f"row of this session; giving up on this study (see the runs' "
-                                  f"error.log)")
-                    short.append(cell.name)
-                    break
+            outcome = objective.last[1] if objective.last else None
+            failed_in_a_row = failed_in_a_row + 1 if outcome == "failed" else \
+                (0 if outcome in ("complete", "pruned") else failed_in_a_row)
+            if failed_in_a_row >= budget:
+                console.print(f"[red]{prefix}{cell.short}: {failed_in_a_row} trials failed in a "
+                              f"row; giving up on this study (the runs' status.json and "
+                              f"error.log say why)")
+                short.append(cell.name)
+                break
     return 1 if short else 0
 
 
@@ -809,6 +818,10 @@ def _worker_process(exp: Experiment, results: Path, url: str | None, budgets: di
     sys.exit(sweep_worker(exp, results, url, budgets, worker, Console(), workers))
 
 
+def _objective_text(cells: list[StudyCell]) -> str:
+    return ", ".join(sorted({f"{c.metric} ({c.direction})" for c in cells}))
+
+
 def _require_sweep(exp: Experiment) -> dict:
     if not exp.sweep:
         where = exp.path or exp.name
@@ -821,8 +834,9 @@ def run_sweep(exp: Experiment, results: Path, console: Console, trials: int | No
               storage: str | None = None, workers: int = 1) -> int:
     """Run (or continue) every study of the experiment to its budget.
 
-    Exit code: 0 every study reached its budget (or exhausted its grid), 1 a study gave up after
-    repeated failures or another worker stopped early, 130 interrupted.
+    Exit code: 0 every study reached its budget (or exhausted its grid, or other workers are
+    running its last trials), 1 a study is below its budget (it gave up after `trials` failures
+    in a row), 130 interrupted.
     """
     import optuna
 
@@ -850,9 +864,10 @@ def run_sweep(exp: Experiment, results: Path, console: Console, trials: int | No
                       f"study")
         budget = grid_size(sweep)
     budgets = {cell.name: budget for cell in cells}
-    console.print(f"[bold]{exp.name}[/]: {len(cells)} studies x {budget} trials "
+    studies = "study" if len(cells) == 1 else "studies"
+    console.print(f"[bold]{exp.name}[/]: {len(cells)} {studies} x {budget} trials "
                   f"({sweep['sampler']['name']} sampler, {sweep['pruner']['name']} pruner), "
-                  f"objective {cells[0].metric} ({cells[0].direction}); storage "
+                  f"objective {_objective_text(cells)}; storage "
                   f"{describe_storage(exp, results, url)}")
     for cell in cells:
         study = optuna.create_study(study_name=cell.name, storage=handle, load_if_exists=True,
@@ -881,18 +896,16 @@ def run_sweep(exp: Experiment, results: Path, console: Console, trials: int | No
         return code
     for part in _summary(exp, cells, handle, results):
         console.print(part, highlight=False, soft_wrap=isinstance(part, str))
-    incomplete = [c.name for c in cells if not _study_done(handle, c, budgets[c.name], sweep)]
-    if incomplete:
-        console.print(f"[yellow]{len(incomplete)} studies below budget: run the same command to "
-                      f"continue")
-    return 1 if code or incomplete else 0
-
-
-def _study_done(storage, cell: StudyCell, budget: int, sweep: dict) -> bool:
-    import optuna
-
-    study = optuna.load_study(study_name=cell.name, storage=storage)
-    return _finished(study, cell, budget, sweep) in ("budget reached", "grid exhausted")
+    reasons = [_finished(optuna.load_study(study_name=c.name, storage=handle), c,
+                         budgets[c.name], sweep) for c in cells]
+    elsewhere = sum(r == RUNNING_ELSEWHERE for r in reasons)
+    if elsewhere:
+        console.print(f"{elsewhere} of the studies are finishing their last trials in other "
+                      f"workers")
+    if None in reasons:
+        console.print(f"[yellow]{reasons.count(None)} of the studies are below their budget: run "
+                      f"the same command to continue")
+    return 1 if code or None in reasons else 0
 
 
 def _spawn_workers(exp, results, url, budgets, workers: int, console: Console) -> int:
@@ -964,7 +977,9 @@ def _summary(exp: Experiment, cells: list[StudyCell], storage, results: Path) ->
         c = _counts(study)
         budget = study.user_attrs.get("budget", exp.sweep["trials"])
         best = _best(study)
-        failed = str(c["failed"]) + (f" ({c['killed']} killed, re-queued)" if c["killed"] else "")
+        failed = str(c["failed"])
+        if c["killed"]:
+            failed += f" ({c['killed']} interrupted, re-queued)"
         running = f" +{c['running']} running" if c["running"] else ""
         table.add_row(cell.short, f"{c['complete'] + c['pruned']}/{budget}{running}",
                       str(c["complete"]), str(c["pruned"]), failed,
@@ -989,7 +1004,7 @@ def print_sweep_report(exp: Experiment, results: Path, console: Console) -> int:
     for part in _summary(exp, cells, storage, results):
         console.print(part, highlight=False, soft_wrap=isinstance(part, str))
     if cells:
-        console.print(f"objective: best {cells[0].metric} over epochs ({cells[0].direction}); "
+        console.print(f"objective: the best over epochs of {_objective_text(cells)}; "
                       f"live plots: optuna-dashboard {describe_storage(exp, results, url)}",
                       highlight=False, soft_wrap=True)
     return 0

@@ -133,7 +133,8 @@ class WindowedBinaryTerm(BinaryTerm):
         q2d = q_blocks.unflatten(-2, (b, b))  # (..., py, px, d)
         lead = [1] * (q2d.dim() - 3)
         out = []
-        for table, shape in ((self.rel.rel_h, lead + [b, 1, win]), (self.rel.rel_w, lead + [1, b, win])):
+        for table, shape in ((self.rel.rel_h, lead + [b, 1, win]),
+                             (self.rel.rel_w, lead + [1, b, win])):
             rel = q2d @ (table[m - 1 - reach : m + reach] * scale).t()  # (..., b, b, 2 reach + 1)
             idx = index.view(shape).expand(*rel.shape[:-1], win)
             out.append(rel.gather(-1, idx).flatten(-3, -2))
