@@ -507,6 +507,11 @@ class DigitScenesData(_DetectionData):
     split), so test digits are handwriting the model never saw. Canvas i of a split is
     rendered from the generator seeded with (seed, split, i): the same seed gives the same
     canvases, whatever the split sizes. `write_coco(folder)` saves them as a COCO folder.
+
+    With data.fresh_train (the default) training canvases are rendered anew for every batch
+    (`FreshScenes`): train_images is then the number of canvases per epoch, each epoch brings
+    new ones, and a from-scratch detector cannot memorise a fixed set (with a fixed set of a few
+    hundred canvases it does, and validation AP stalls). val and test are fixed sets.
     """
 
     dataset_name = "digit_scenes"
@@ -578,7 +583,8 @@ class DigitScenesData(_DetectionData):
     def write_coco(self, folder, splits=SPLITS) -> Path:
         """Write the canvases as a COCO folder: <folder>/<split>/NNNNNN.png and
         <folder>/annotations/<split>.json (boxes [x, y, w, h], category ids = digits 0-9), the
-        layout `coco`'s defaults expect."""
+        layout `coco`'s defaults expect. The train split written is the fixed set (what
+        fresh_train: false trains on)."""
         from PIL import Image
 
         folder = Path(folder)
