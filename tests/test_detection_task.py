@@ -25,7 +25,10 @@ def tiny_config(fusion="dynamic", **detection):
                  "test_images": 2, "object_size": [6, 16], "objects": [2, 4],
                  "batch_size": 2},
         "model": {"backbone": "resnet_small", "fusion": fusion, "heads": 2,
-                  "detection": {"fpn_channels": 32, "head_convs": 1, **detection}},
+                  # few candidates: an untrained head scores everything above 0.05, and
+                  # post-processing 1500 boxes per image would dominate these tests
+                  "detection": {"fpn_channels": 32, "head_convs": 1, "topk_candidates": 100,
+                                "detections_per_img": 100, **detection}},
         "optim": {"name": "sgd", "lr": 0.01},
         "trainer": {"max_epochs": 1},
     })
@@ -88,7 +91,7 @@ def test_every_strategy_plugs_into_the_detector(fusion):
     with torch.no_grad():
         out = task(images)
     assert len(out) == 2 and out[0]["boxes"].shape[1] == 4
-    assert len(out[0]["boxes"]) <= 1500
+    assert len(out[0]["boxes"]) <= 100
 
 
 def test_detector_settings_for_small_objects():

@@ -42,9 +42,10 @@ DATASETS: dict[str, DatasetSpec] = {
         "image_size": 32, "val_fraction": 0.1, "augment": True}),
     "imagefolder": DatasetSpec("classification", "classification:ImageFolderData", {
         "image_size": 224, "augment": True}),
-    # detection; objects / object_size (px) / distractors are [low, high] per canvas
+    # detection; objects / object_size (px) / distractors are [low, high] per canvas;
+    # fresh_train: new training canvases every epoch (train_images per epoch)
     "digit_scenes": DatasetSpec("detection", "detection:DigitScenesData", {
-        "image_size": 128, "train_images": 384, "val_images": 32, "test_images": 128,
+        "image_size": 128, "train_images": 800, "val_images": 32, "test_images": 128,
         "objects": [3, 10], "object_size": [6, 32], "distractors": [2, 6],
         "fresh_train": True}),
     # paths relative to data.root unless absolute; test: null/unset -> val is the test split

@@ -34,8 +34,10 @@ TASKS: dict[str, TaskSpec] = {
                            "test/map_medium", "test/map_large", "test/ap_vt", "test/ap_t",
                            "test/ap_s", "test/ap_m"),
                           # FCOS + FPN P2-P5 (bench/tasks/detection.py); anchor_sizes: one per
-                          # level, px; min_size/max_size null = native resolution (no resize)
-                          options={"fpn_channels": 64, "head_convs": 2,
+                          # level, px; min_size/max_size null = native resolution (no resize).
+                          # fpn_channels/head_convs: torchvision's 256/4; CPU runs on
+                          # digit_scenes use 32/1
+                          options={"fpn_channels": 256, "head_convs": 4,
                                    "anchor_sizes": [4, 8, 16, 32],
                                    "center_sampling_radius": 1.5, "score_thresh": 0.05,
                                    "nms_thresh": 0.6, "detections_per_img": 1500,
