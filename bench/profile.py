@@ -282,7 +282,8 @@ def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
         module = lesa.LESA2d(c, heads=heads, fusion=fusion, max_size=max_size)
         lesa.record_shares(module, False)  # as training loops do: sa takes its plain path
         rows.append(_module_row(torch, fusion, "strategy", module, x, device, dtype))
-    rows[0].result["note"] = "3x3 conv + BN: the conv peer"
+        if fusion == "conv":
+            rows[-1].result["note"] = "3x3 conv + BN: the conv peer"
     for fusion in ("sa", "dynamic"):
         torch.manual_seed(0)
         module = lesa.LESA2d(c, heads=heads, fusion=fusion, max_size=max_size, window=window)
@@ -539,7 +540,7 @@ def _lightning_part(torch, args, device, console) -> dict:
 
     name, size, b = ("resnet_tiny", 32, 2) if args.quick else \
         ("resnet26", args.network_size, args.network_batch)
-    warm, steps = (1, 2) if args.quick else (2, max(3, min(args.repeats, 5)))
+    warm, steps = (1, 2) if args.quick else (2, max(3, args.repeats))
     model_cfg = dict(DEFAULTS["model"], backbone=name, fusion="dynamic")
     optim_cfg = dict(DEFAULTS["optim"])
     gen = torch.Generator().manual_seed(0)
