@@ -46,6 +46,18 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+def backbone_kwargs(model: dict) -> dict:
+    """`lesa.build_backbone` keyword arguments from a resolved `model` section (every task
+    builds its backbone through this, so a new model key reaches all tasks)."""
+    kwargs = dict(fusion=model["fusion"], heads=model["heads"],
+                  output_stride=model["output_stride"],
+                  attention_stages=tuple(model["attention_stages"]), max_size=model["max_size"],
+                  stem=model.get("stem"))
+    if model.get("window"):
+        kwargs["window"] = model["window"]
+    return kwargs
+
+
 def build_task(cfg: dict, datamodule):
     from bench.data import dataset_spec
 

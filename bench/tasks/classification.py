@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 import lesa
+from bench.tasks import backbone_kwargs
 from bench.tasks.optim import build_optimizers
 
 
@@ -18,11 +19,8 @@ class ClassificationTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.backbone = lesa.build_backbone(
-            model["backbone"], fusion=model["fusion"], num_classes=num_classes,
-            heads=model["heads"], output_stride=model["output_stride"],
-            attention_stages=tuple(model["attention_stages"]), max_size=model["max_size"],
-            in_channels=in_channels, stem=model.get("stem"),
-            **({"window": model["window"]} if model.get("window") else {}))
+            model["backbone"], num_classes=num_classes, in_channels=in_channels,
+            **backbone_kwargs(model))
         self.example_input_array = torch.zeros(1, in_channels, image_size, image_size)
         top5 = min(5, num_classes)
         self.metrics = torch.nn.ModuleDict({

@@ -22,7 +22,7 @@ from torchvision.ops import FeaturePyramidNetwork
 
 import lesa
 from bench.detection_eval import AITOD_BUCKETS, COCO_KEYS, DetectionMetrics
-from bench.tasks import TASKS
+from bench.tasks import TASKS, backbone_kwargs
 from bench.tasks.optim import build_optimizers
 
 
@@ -119,10 +119,7 @@ class DetectionTask(L.LightningModule):
         self.save_hyperparameters()
         options = detection_options(model)
         backbone = lesa.build_backbone(
-            model["backbone"], fusion=model["fusion"], heads=model["heads"],
-            output_stride=model["output_stride"],
-            attention_stages=tuple(model["attention_stages"]), max_size=model["max_size"],
-            in_channels=in_channels, **({"window": model["window"]} if model.get("window") else {}))
+            model["backbone"], in_channels=in_channels, **backbone_kwargs(model))
         if len(backbone.feature_channels) != len(options["anchor_sizes"]):
             raise ValueError(f"model.detection.anchor_sizes needs one size per backbone stage "
                              f"({len(backbone.feature_channels)})")
