@@ -86,7 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="block size of the windowed rows and of HaloAttn (halo: half)")
     parser.add_argument("--window-sides", default="32,64,128",
                         help="map sides of the windowed time-per-token scan")
-    parser.add_argument("--window-batch", type=int, default=2, help="batch of the window scan")
+    parser.add_argument("--window-tokens", type=int, default=32768,
+                        help="tokens per call in the window scan: the batch is this over H*W "
+                             "(so every side does the same work; time per token is then "
+                             "comparable, not swamped by per-call overhead at small maps)")
     parser.add_argument("--network-batch", type=int, default=8)
     parser.add_argument("--network-size", type=int, default=128)
     parser.add_argument("--matmul-size", type=int, default=2048)
@@ -445,29 +448,29 @@ def _window_part(torch, args, c, device, dtype, sync, memory, timm_layers, conso
     from lesa.window import WindowedBinaryTerm
 
     sides = [int(s) for s in args.window_sides.split(",")]
-    b = args.window_batch
     rows, meta = [], []
     for side in sides:
+        b = max(1, args.window_tokens // (side * side))
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(b, c, side, side, generator=gen).to(device=device, dtype=dtype)
         torch.manual_seed(0)
         term = WindowedBinaryTerm(c, args.heads, max_size=2 * args.window, window=args.window)
         rows.append(_module_row(torch, f"WindowedBinaryTerm {side}x{side}", "window", term, x,
                                 device, dtype))
-        meta.append((side, "WindowedBinaryTerm"))
+        meta.append((side, b, "WindowedBinaryTerm"))
         if timm_layers is not None and side % args.window == 0:
             torch.manual_seed(0)
             halo = timm_layers.HaloAttn(c, c, feat_size=(side, side), num_heads=args.heads,
                                         block_size=args.window, halo_size=args.window // 2)
             rows.append(_module_row(torch, f"HaloAttn {side}x{side}", "peer", halo, x, device,
                                     dtype))
-            meta.append((side, "HaloAttn"))
-    console.print(f"[bold]profile[/] windowed binary term, B={b} C={c}, window {args.window}, "
-                  f"sides {sides}")
+            meta.append((side, b, "HaloAttn"))
+    console.print(f"[bold]profile[/] windowed binary term, {args.window_tokens} tokens per call "
+                  f"(B x H x W), C={c}, window {args.window}, sides {sides}")
     _run_rows(torch, rows, args.repeats, args.warmup, sync, memory,
               lambda text: console.print(f"  {text}", style="dim"), args.min_time)
     out = []
-    for row, (side, module) in zip(rows, meta):
+    for row, (side, b, module) in zip(rows, meta):
         r = row.result
         tokens = b * side * side
         entry = {"module": module, "side": side, "tokens": side * side, "batch": b}
@@ -640,12 +643,18 @@ def _targets(result: dict) -> list[dict]:
             row = next((r for r in s["rows"] if r["name"] == row_name), None)
             ratio = (row or {}).get("ratio_to_botnet") or {}
             if field in ratio:
-                values.append((s["tokens"], ratio[field], ratio.get(field + "_min")))
+                # the FLOP ratio says how much of a time ratio the math itself asks for
+                bot = next((r for r in s["rows"] if r["name"] == "BottleneckAttn"), None)
+                flops = None
+                if bot and (row.get("train") or {}).get("flops") and bot.get("train"):
+                    flops = row["train"]["flops"] / bot["train"]["flops"]
+                values.append((s["tokens"], ratio[field], ratio.get(field + "_min"), flops))
         if values:
-            worst = max(v for _, v, _ in values)
+            worst = max(v[1] for v in values)
             add(key, worst, limit, worst <= limit, ", ".join(
                 f"L={n}: {v:.2f}x" + (f" (fastest repeats: {m:.2f}x)" if m else "")
-                for n, v, m in values))
+                + (f" [{f:.2f}x the FLOPs]" if f and key.startswith("dynamic") else "")
+                for n, v, m, f in values))
         else:
             add(key, None, limit, None, "not measured")
     core = None
@@ -714,13 +723,13 @@ def _print_tables(result: dict, console) -> None:
                 end_section=i + 1 < len(rows) and group(rows[i + 1]) != group(r))
         console.print(table)
     if result.get("window"):
-        table = Table(title="time per token over growing maps (B = "
-                      f"{result['window'][0]['batch']})", title_justify="left")
-        for col in ("module", "L", "infer us/token", "train us/token", "infer cpu us/token",
+        table = Table(title="time per token over growing maps (B x L held constant)",
+                      title_justify="left")
+        for col in ("module", "L", "B", "infer us/token", "train us/token", "infer cpu us/token",
                     "train cpu us/token", "train sys us/token", "peak MiB train"):
             table.add_column(col, justify="left" if col == "module" else "right")
         for e in result["window"]:
-            table.add_row(e["module"], str(e["tokens"]), _fmt(e["infer"]["us_per_token"], ".2f"),
+            table.add_row(e["module"], str(e["tokens"]), str(e["batch"]), _fmt(e["infer"]["us_per_token"], ".2f"),
                           _fmt(e["train"]["us_per_token"], ".2f"),
                           _fmt(e["infer"]["cpu_us_per_token"], ".2f"),
                           _fmt(e["train"]["cpu_us_per_token"], ".2f"),
@@ -776,7 +785,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from {', '.join(PARTS)}")
     if args.quick:
         args.repeats, args.warmup, args.min_time = min(args.repeats, 1), 0, 0.0
-        args.window, args.window_sides, args.window_batch = 4, "8,16", 1
+        args.window, args.window_sides, args.window_tokens = 4, "8,16", 256
         args.matmul_size = min(args.matmul_size, 256)
     shapes = [_parse_shape(s) for s in (args.shape or (QUICK_SHAPES if args.quick
                                                          else DEFAULT_SHAPES))]

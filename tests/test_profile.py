@@ -69,6 +69,9 @@ def test_quick_profile_writes_json(tmp_path):
     assert {e["module"] for e in report["window"]} == {"WindowedBinaryTerm", "HaloAttn"}
     for e in report["window"]:
         assert e["infer"]["us_per_token"] > 0 and e["train"]["us_per_token"] > 0
+    # every side of the scan does the same work per call (B x H x W constant), so time per
+    # token compares the algorithm, not per-call overhead
+    assert {e["batch"] * e["tokens"] for e in report["window"]} == {256}
     net = report["network"]
     assert [r["name"] for r in net["rows"]] == ["resnet_tiny conv", "resnet_tiny dynamic"]
     assert net["dynamic_over_conv_images_per_s"] > 0
