@@ -123,3 +123,38 @@ def test_bad_detection_options_name_the_key():
         build(tiny_config(fpn_channels=48))
     with pytest.raises(ValueError, match="model.detection.anchor_sizes"):
         build(tiny_config(anchor_sizes=[4, 8]))
+
+
+@pytest.mark.parametrize("name", ["visdrone_r50", "aitod_r50"])
+def test_shipped_detection_experiments_build(name):
+    """The GPU-scale detection files dry-run (no data needed) and every strategy's FCOS-LESA-R50
+    builds with the file's windows: windowed stages hold WindowedBinaryTerm, global ones not."""
+    from pathlib import Path
+
+    from bench.cli import main
+    from bench.config import load_experiment
+    from lesa.window import WindowedBinaryTerm
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml"
+    assert main(["run", str(path), "--dry-run"]) == 0
+    exp = load_experiment(path)
+    assert {r.config["model"]["fusion"] for r in exp.runs} == set(lesa.FUSIONS)
+    assert {r.config["data"]["name"] for r in exp.runs} == {"coco"}
+    seen = set()
+    for run in exp.runs:
+        m = run.config["model"]
+        if m["fusion"] in seen or m["fusion"] not in ("conv", "dynamic"):
+            continue
+        seen.add(m["fusion"])
+        task = DetectionTask(m, run.config["optim"], num_classes=10, image_size=(64, 64))
+        windowed = {type(mod.binary).__name__ for mod in task.backbone.modules()
+                    if isinstance(mod, lesa.Fusion) and hasattr(mod, "binary")}
+        if m["fusion"] == "conv":
+            assert windowed == set()
+        else:
+            window = m["window"]
+            expect = {"WindowedBinaryTerm" if window.get(s) else "BinaryTerm"
+                      for s in m["attention_stages"]}
+            assert windowed == expect
+            assert any(isinstance(mod, WindowedBinaryTerm) for mod in task.backbone.modules())
+    assert seen == {"conv", "dynamic"}
