@@ -49,7 +49,8 @@ DEFAULTS: dict = {
                 "num_nodes": 1, "precision": "32-true", "limit_train_batches": 1.0,
                 "limit_val_batches": 1.0, "limit_test_batches": 1.0,
                 "gradient_clip_val": None, "accumulate_grad_batches": 1,
-                "check_val_every_n_epoch": 1, "log_every_n_steps": 10},
+                "check_val_every_n_epoch": 1, "log_every_n_steps": 10,
+                "checkpoint_every_n_steps": 200},
 }
 
 CHOICES = {
@@ -62,7 +63,8 @@ CHOICES = {
     "trainer.accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
 }
 # keys that do not change what a run computes, so they stay out of its id
-NOT_IN_ID = {("data", "num_workers"), ("trainer", "log_every_n_steps")}
+NOT_IN_ID = {("data", "num_workers"), ("trainer", "log_every_n_steps"),
+             ("trainer", "checkpoint_every_n_steps")}
 # numbers that Lightning accepts as int or float
 INT_OR_FLOAT = {"trainer.limit_train_batches", "trainer.limit_val_batches",
                 "trainer.limit_test_batches", "optim.warmup_epochs"}

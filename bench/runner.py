@@ -22,6 +22,9 @@ from bench.config import Experiment, Run
 from bench.store import RunDir, experiment_dir, now
 
 _DONE, _FAILED, _SKIPPED, _INTERRUPTED = "done", "failed", "skipped", "interrupted"
+CHECKPOINT_EVERY_N_STEPS = 200  # trainer.checkpoint_every_n_steps when the config has none
+# set by rank 0 for the other DDP ranks, which Lightning starts by re-running this command
+_DDP_RUN, _DDP_RESUME = "LESA_BENCH_DDP_RUN", "LESA_BENCH_DDP_RESUME"
 _PRUNED = "pruned"  # a sweep trial stopped early by Optuna's pruner (bench/sweep.py)
 
 
@@ -49,12 +52,17 @@ def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monito
     from lightning.pytorch.loggers import CSVLogger
 
     from bench.callbacks import DivergenceGuard, LogLines, SaveOnInterrupt, StatusProgress
+    from bench.checkpoints import AtomicCheckpointIO, PeriodicCheckpoint, RunState
 
     t = run.config["trainer"]
-    interactive = sys.stdout.isatty()
+    interactive = sys.stdout.isatty() and not _is_ddp_child()
+    every = t.get("checkpoint_every_n_steps", CHECKPOINT_EVERY_N_STEPS)
     callbacks = [
         ModelCheckpoint(dirpath=run_dir.checkpoints, filename="best", monitor=monitor, mode=mode,
-                        save_top_k=1, save_last=True, auto_insert_metric_name=False),
+                        save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                        enable_version_counter=False),  # last.ckpt is shared with PeriodicCheckpoint
+        PeriodicCheckpoint(run_dir.last_checkpoint, every),
+        RunState(run.id, run.config),
         SaveOnInterrupt(run_dir.last_checkpoint),
         StatusProgress(run_dir),
         DivergenceGuard(),
@@ -65,6 +73,10 @@ def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monito
         default_root_dir=run_dir.path,
         logger=CSVLogger(run_dir.path, name="logs", version=""),
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        # the datamodules' samplers are sharded by rank in bench/checkpoints.py, which can resume
+        # mid-epoch; Lightning's DistributedSampler wrapper could not
+        use_distributed_sampler=False,
         enable_progress_bar=interactive,
         enable_model_summary=False,
         max_epochs=t["max_epochs"], accelerator=t["accelerator"], devices=t["devices"],
@@ -86,6 +98,7 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     import torch
 
     from bench.callbacks import CostsAndShares
+    from bench.checkpoints import ResumableData
     from bench.data import build_datamodule, dataset_spec
     from bench.tasks import TASKS, build_task
 
@@ -97,16 +110,24 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     datamodule.check()
     task = build_task(cfg, datamodule)
     costs = CostsAndShares()
-    trainer = build_trainer(run, run_dir, [costs, *extra_callbacks], label, spec.monitor, spec.mode)
-    resume = resume_point(run_dir)
+    callbacks = [costs, ResumableData(datamodule), *extra_callbacks]
+    trainer = build_trainer(run, run_dir, callbacks, label, spec.monitor, spec.mode)
+    if _is_ddp_child():  # rank 0 chose the checkpoint (and set unreadable ones aside)
+        resume = os.environ.get(_DDP_RESUME) or None
+    else:
+        resume = resume_point(run_dir, run, dict(task.hparams))
+    launched = _announce_ddp_run(run, resume) if trainer.world_size > 1 else {}
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+        if trainer.interrupted:
+            raise RunInterrupted()
+        best = trainer.checkpoint_callback.best_model_path
+        tested = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     except SystemExit:  # Lightning's answer to KeyboardInterrupt, after on_exception hooks ran
         raise RunInterrupted() from None
-    if trainer.interrupted:
-        raise RunInterrupted()
-    best = trainer.checkpoint_callback.best_model_path
-    tested = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    finally:
+        if launched:
+            _end_ddp_run(launched)
     test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
     score = trainer.checkpoint_callback.best_model_score
     return {
@@ -120,30 +141,97 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     }
 
 
-def resume_point(run_dir: RunDir) -> Path | None:
-    """The checkpoint to resume from: last.ckpt, or best.ckpt when last is unreadable.
+def resume_point(run_dir: RunDir, run: Run | None = None,
+                 hparams: dict | None = None) -> Path | None:
+    """The checkpoint to resume from: last.ckpt, else last.prev.ckpt, else best.ckpt.
 
-    Lightning writes checkpoints through a temp file, so a kill mid-save leaves the previous one;
-    a file damaged some other way (disk full, a bad copy) is set aside, not trusted.
+    Checkpoints are written atomically (bench/checkpoints.py), so a kill mid-save leaves the
+    previous one; a file damaged some other way (disk full, a bad copy) is set aside, not
+    trusted, and the fallback is said on the console and in status.json. A checkpoint written by
+    another config's run is refused (ForeignCheckpoint), never loaded.
     """
-    import torch
+    from bench.checkpoints import check_owner, read_checkpoint
 
-    for path in (run_dir.last_checkpoint, run_dir.checkpoints / "best.ckpt"):
+    set_aside = []
+    for path in (run_dir.last_checkpoint, run_dir.checkpoints / "last.prev.ckpt",
+                 run_dir.checkpoints / "best.ckpt"):
         if not path.exists():
             continue
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            epoch, step = state["epoch"], state["global_step"]
+            state = read_checkpoint(path)
         except Exception as err:  # noqa: BLE001 - any unreadable file is set aside
             aside = path.with_suffix(".ckpt.unreadable")
             path.replace(aside)
+            set_aside.append(f"{path.name} ({type(err).__name__}) moved to {aside.name}")
             print(f"  warning: checkpoint {path} is unreadable ({type(err).__name__}); moved to "
                   f"{aside.name}, trying the previous one", flush=True)
             continue
+        if run is not None:
+            check_owner(state, path, run.id, run.config, hparams)
+        epoch, step = state["epoch"], state["global_step"]
+        del state
+        if set_aside:
+            print(f"  resuming from {path.name} (epoch {epoch + 1}, step {step}) instead",
+                  flush=True)
         run_dir.update_status(resumed_from={"checkpoint": path.name, "epoch": epoch,
-                                            "global_step": step})
+                                            "global_step": step},
+                              checkpoint_fallback="; ".join(set_aside) or None)
         return path
+    if set_aside:
+        print("  no readable checkpoint left: training from scratch", flush=True)
+        run_dir.update_status(resumed_from=None, checkpoint_fallback="; ".join(set_aside)
+                              + "; no readable checkpoint left, trained from scratch")
     return None
+
+
+# --- DDP: Lightning's `ddp` starts ranks 1.. by re-running this very command with LOCAL_RANK set.
+# Those ranks train only the run rank 0 names, and write nothing of their own: no lock, no
+# status, no metrics, no tables (checkpoints and logs are rank 0's already).
+
+def _is_ddp_child() -> bool:
+    return bool(os.environ.get(_DDP_RUN)) and os.environ.get("LOCAL_RANK", "0") != "0"
+
+
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def _announce_ddp_run(run: Run, resume: Path | None) -> dict:
+    """Tell the ranks Lightning is about to start which run to train and from where."""
+    if _is_ddp_child():
+        return {}
+    before = {k: os.environ.get(k) for k in (*_DDP_ENV, _DDP_RUN, _DDP_RESUME)}
+    os.environ[_DDP_RUN] = run.id
+    os.environ[_DDP_RESUME] = str(resume or "")
+    return before
+
+
+def _end_ddp_run(before: dict) -> None:
+    """Leave no process group and none of Lightning's launch variables behind, so the next run
+    of the matrix starts its own ranks (Lightning would take LOCAL_RANK as 'already launched')."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def run_ddp_rank(runs: list[Run], results: Path, exp: Experiment) -> int:
+    """A DDP rank > 0: train the run rank 0 named, quietly, then exit."""
+    wanted = os.environ[_DDP_RUN]
+    run = next((r for r in runs if r.id == wanted), None)
+    if run is None:
+        print(f"error: DDP rank {os.environ.get('LOCAL_RANK')}: run {wanted} is not in this "
+              f"command's matrix", file=sys.stderr)
+        return 1
+    try:
+        train_run(run, RunDir(experiment_dir(results, exp.name) / run.id))
+    except RunInterrupted:
+        return 130
+    return 0
 
 
 def _describe(run: Run) -> str:
@@ -231,6 +319,8 @@ def select(runs: list[Run], root: Path, retry_failed: bool = False) -> tuple[lis
 def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Console,
                    retry_failed: bool = False) -> int:
     """Train the runs not done yet. Exit code: 0 all done, 1 some failed, 130 interrupted."""
+    if _is_ddp_child():
+        return run_ddp_rank(runs, results, exp)
     root = experiment_dir(results, exp.name)
     check_writable(root)
     todo, counts = select(runs, root, retry_failed)
@@ -281,6 +371,8 @@ def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], re
     out between them. Each worker gets cores / N threads."""
     import subprocess
 
+    if _is_ddp_child():  # a DDP rank re-ran this command: it trains one run, no workers
+        return run_ddp_rank(runs, results, exp)
     root = experiment_dir(results, exp.name)
     check_writable(root)
     plain, skip = [], False

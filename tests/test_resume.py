@@ -119,3 +119,120 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tiny_experiment, tmp_path):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert run_dirs(results, "tiny")[run.id].status()["state"] == "done"
+
+
+# --- exact resume: killed anywhere, the run ends bit-identical to an uninterrupted one ---------
+
+EXACT = dict(data={"augment": True},
+             trainer={"max_epochs": 3, "limit_train_batches": 6, "limit_val_batches": 2,
+                      "checkpoint_every_n_steps": 2},
+             matrix={"model.fusion": ["dynamic"], "seed": [0]})
+
+
+def _run_cli(exp: Path, results: Path, kill_at: str | None = None, timeout=300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LESA_BENCH_TEST_KILL_AT", None)
+    if kill_at:
+        env["LESA_BENCH_TEST_KILL_AT"] = kill_at
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(exp), "--results",
+                           str(results)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _final(results: Path):
+    import torch
+
+    (rd,) = run_dirs(results, "tiny").values()
+    weights = {name: torch.load(rd.checkpoints / name, map_location="cpu",
+                                weights_only=False)["state_dict"]
+               for name in ("last.ckpt", "best.ckpt")}
+    return rd, weights, rd.metrics()
+
+
+def _assert_identical(results: Path, reference: Path):
+    import torch
+
+    rd, weights, metrics = _final(results)
+    _, ref_weights, ref_metrics = _final(reference)
+    for name, state in weights.items():
+        assert state.keys() == ref_weights[name].keys()
+        for key, tensor in state.items():
+            assert torch.equal(tensor, ref_weights[name][key]), f"{name}: {key} differs"
+    assert metrics["test"] == ref_metrics["test"]
+    assert metrics["best_val"] == ref_metrics["best_val"]
+    assert metrics["epochs"] == ref_metrics["epochs"] == 3
+    return rd
+
+
+@pytest.fixture
+def reference_run(tiny_experiment, tmp_path):
+    exp = tiny_experiment(**EXACT)
+    reference = tmp_path / "reference"
+    code, out = _run_cli(exp, reference)
+    assert code == 0, out
+    return exp, reference
+
+
+def test_killed_anywhere_resumes_to_identical_weights_and_metrics(reference_run, tmp_path):
+    exp, reference = reference_run
+    results = tmp_path / "results"
+    # each process is SIGKILLed at its point, the next one resumes; steps 1-6 are epoch 1,
+    # 7-12 epoch 2, 13-18 epoch 3; validation batches count per process
+    kills = ["step:3",    # mid-epoch 1, one step after the step-2 checkpoint
+             "val:1",     # in epoch 1's validation (resumes from step 4, replays 5-6)
+             "save:2",    # mid-write of a checkpoint: the temp file is left, last.ckpt intact
+             "step:11",   # mid-epoch 2
+             "val:2",     # the second validation batch of epoch 2 or 3
+             None]
+    for i, kill_at in enumerate(kills):
+        code, out = _run_cli(exp, results, kill_at)
+        if kill_at:
+            assert code == -9, f"{kill_at}: {out}"
+        else:
+            assert code == 0, out
+    rd = _assert_identical(results, reference)
+    status = rd.status()
+    assert status["state"] == "done" and status["attempts"] == len(kills)
+    assert status["resumed_from"]["global_step"] % 6 != 0  # last resumed mid-epoch
+    assert not list(rd.checkpoints.glob("*.unreadable"))
+
+
+def test_truncated_last_checkpoint_falls_back_and_says_so(reference_run, tmp_path):
+    exp, reference = reference_run
+    results = tmp_path / "results"
+    code, out = _run_cli(exp, results, "step:9")
+    assert code == -9, out
+    (rd,) = run_dirs(results, "tiny").values()
+    last = rd.last_checkpoint
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a bad copy, disk full...
+    code, out = _run_cli(exp, results)
+    assert code == 0, out
+    assert "last.ckpt is unreadable" in " ".join(out.split())
+    assert "resuming from last.prev.ckpt" in out
+    status = rd.status()
+    assert "last.ckpt" in status["checkpoint_fallback"]
+    assert status["resumed_from"]["checkpoint"] == "last.prev.ckpt"
+    assert (rd.checkpoints / "last.ckpt.unreadable").exists()
+    _assert_identical(results, reference)
+
+
+def test_checkpoint_of_another_config_is_refused(tiny_experiment, tmp_path):
+    exp = tiny_experiment(trainer={"max_epochs": 1},
+                          matrix={"model.fusion": ["conv", "sum"], "seed": [0]})
+    results = tmp_path / "results"
+    code, out = _run_cli(exp, results)
+    assert code == 0, out
+    runs = {rd.config()["model"]["fusion"]: rd for rd in run_dirs(results, "tiny").values()}
+    # conv's checkpoint lands in sum's folder (a bad copy, a renamed folder); sum is re-run
+    runs["conv"].last_checkpoint.replace(runs["sum"].last_checkpoint)
+    runs["sum"].update_status(state="interrupted")
+    before = {p: p.stat().st_mtime_ns for p in runs["conv"].path.rglob("*")}
+    code, out = _run_cli(exp, results)
+    text = " ".join(out.split())
+    assert code == 1, out
+    assert f"{runs['sum'].last_checkpoint}" in text and "another run" in text
+    assert "model.fusion" in text and "Move it out of" in text
+    assert runs["sum"].status()["state"] == "failed"
+    assert runs["sum"].last_checkpoint.exists()  # refused, not deleted
+    assert {p: p.stat().st_mtime_ns for p in runs["conv"].path.rglob("*")} == before

@@ -1,0 +1,314 @@
+"""Exact resume: atomic checkpoints, mid-epoch checkpoints, RNG states and resumable batches.
+
+A run killed at any point (mid-epoch, in validation, while a checkpoint is written) and resumed
+ends with the same weights and metrics as a run never interrupted:
+
+- `AtomicCheckpointIO` writes every checkpoint to a temp file, fsyncs it and renames it over the
+  old one, keeping the previous last.ckpt as last.prev.ckpt: a kill mid-save leaves the old file.
+- `PeriodicCheckpoint` saves last.ckpt every `trainer.checkpoint_every_n_steps` training steps
+  (the epoch-end last.ckpt comes from ModelCheckpoint), so a kill loses at most N steps.
+- `resumable_loader` makes the training DataLoader stateful (Lightning's own mid-epoch restore
+  saves and loads a loader's `state_dict`): the state is (epoch, batches served), and on restore
+  the sampler skips the batches already trained on, without loading them. The datamodules' batch
+  order depends only on (seed, epoch), so skipping is enough. Under DDP the same sampler shards
+  the batches between ranks (Lightning's DistributedSampler wrapper would list the whole epoch
+  first and could not skip).
+- `RunState` stores the torch/numpy/python RNG states and the run's identity in the checkpoint;
+  the RNG states are put back when training restarts, the identity guards against resuming a
+  run from another config's checkpoint.
+
+Lightning does not save RNG states, and does not skip already-seen batches of a plain sampler
+(it warns and starts the epoch's data over), hence the hand-written parts.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import shutil
+import signal
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.utils.data import DataLoader, Sampler
+
+KILL_ENV = "LESA_BENCH_TEST_KILL_AT"  # tests only: "save:N", "step:N" or "val:N" -> SIGKILL self
+
+
+def maybe_die(point: str, count: int) -> None:
+    """SIGKILL this process at a test's chosen point (LESA_BENCH_TEST_KILL_AT=point:count)."""
+    wanted = os.environ.get(KILL_ENV)
+    if wanted and wanted == f"{point}:{count}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to a temp file in the same folder, fsync, rename; last.ckpt's previous version
+    stays as last.prev.ckpt (a fallback should the new one ever be unreadable)."""
+
+    saves = 0
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        AtomicCheckpointIO.saves += 1
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            maybe_die("save", AtomicCheckpointIO.saves)  # a kill mid-save leaves only the temp
+            os.fsync(f.fileno())
+        if path.name == "last.ckpt" and path.exists():
+            keep = path.with_name(f".last.prev.{os.getpid()}.tmp")
+            try:
+                os.link(path, keep)  # a second name for the old file: no copy, no gap
+            except OSError:
+                shutil.copy2(path, keep)
+            os.replace(keep, path.with_name("last.prev.ckpt"))
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class PeriodicCheckpoint(L.Callback):
+    """Save last.ckpt every `every_n_steps` optimizer steps, inside the epoch.
+
+    Not on an epoch's last batch: the validation-end checkpoint follows, and Lightning treats a
+    resume from a last-batch checkpoint as a finished epoch, skipping its validation. (Lightning's
+    ModelCheckpoint(every_n_train_steps) would save there too, and cannot also save per epoch.)
+    """
+
+    def __init__(self, path, every_n_steps: int):
+        self.path, self.every_n_steps = path, every_n_steps
+        self._saved_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        last_batch = batch_idx + 1 >= trainer.num_training_batches
+        if (self.every_n_steps and step and step % self.every_n_steps == 0
+                and step != self._saved_step and not last_batch):
+            self._saved_step = step
+            trainer.save_checkpoint(self.path)  # every rank: it ends in a barrier
+        maybe_die("step", step)
+
+
+class RunState(L.Callback):
+    """Keeps the run's identity and RNG states in its checkpoints and puts the RNG back.
+
+    The RNG states are those at the save (the end of a training batch or of validation); they are
+    restored when training restarts, after the sanity check and before the next batch, which is
+    where an uninterrupted run would go on from that state.
+    """
+
+    def __init__(self, run_id: str, config: dict):
+        self.run_id, self.config = run_id, config
+        self._rng = None
+        self._val_batches = 0
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint["lesa_bench"] = {"run_id": self.run_id, "config": self.config}
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
+                                    "numpy": _numpy_state(),
+                                    "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        self._rng = checkpoint.get("rng_states")
+
+    def on_train_start(self, trainer, pl_module):
+        if self._rng is not None:
+            torch.set_rng_state(self._rng["torch"])
+            name, keys, pos, has_gauss, gauss = self._rng["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            random.setstate(self._rng["python"])
+            if "cuda" in self._rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._rng["cuda"])
+            self._rng = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self._val_batches += 1
+            maybe_die("val", self._val_batches)
+
+
+def _numpy_state() -> tuple:
+    # as torch and Python types: Lightning loads checkpoints with weights_only=True
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
+
+
+# ---------------------------------------------------------------------------------------------
+# resumable batches
+
+
+class ResumableBatches(Sampler):
+    """Wraps a datamodule's batch sampler: skips the batches a restored run already trained on
+    and, under DDP, gives rank r every world-th batch from r (all ranks the same count)."""
+
+    def __init__(self, sampler, rank: int = 0, world: int = 1, equal: bool = True):
+        self.sampler, self.rank, self.world, self.equal = sampler, rank, world, equal
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        if self.world == 1:
+            return n
+        return n // self.world if self.equal else len(range(self.rank, n, self.world))
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0  # read now: DataLoader iterators call iter() eagerly
+        mine = itertools.islice(iter(self.sampler), self.rank, None, self.world)
+        return itertools.islice(mine, skip, len(self))
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader with Lightning's `state_dict`/`load_state_dict`: (epoch, batches served)."""
+
+    _skip = 0  # batches to skip at the next iter(), set by load_state_dict
+    _served = 0
+
+    def __iter__(self):
+        self.sampler.skip, self._skip = self._skip, 0
+        self._served = self.sampler.skip
+        return self._counted(super().__iter__())
+
+    def _counted(self, batches):
+        for batch in batches:
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": self._served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self._skip = state["batches"]
+
+
+def resumable_loader(loader: DataLoader, rank: int = 0, world: int = 1,
+                     train: bool = True) -> DataLoader:
+    """The same loader over ResumableBatches (the datamodules batch in the sampler)."""
+    if (loader.batch_size is not None or isinstance(loader.sampler, ResumableBatches)
+            or (world == 1 and not train)):
+        return loader  # not batched by its sampler, or nothing to add
+    sampler = ResumableBatches(loader.sampler, rank, world, equal=train)
+    extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers else {}
+    cls = ResumableLoader if train else DataLoader
+    return cls(loader.dataset, batch_size=None, sampler=sampler, num_workers=loader.num_workers,
+               collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+               worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+               persistent_workers=loader.persistent_workers, timeout=loader.timeout, **extra)
+
+
+class ResumableData(L.Callback):
+    """Routes the datamodule's loaders through `resumable_loader` (train: skipping; all: sharded
+    by rank under DDP, where the Trainer runs with use_distributed_sampler=False), and hands the
+    training loader its saved state.
+
+    Lightning would hand it over itself, but only if the train loader is built after the loops
+    are restored; `trainer.estimated_stepping_batches` (our LR schedule) builds it earlier, in
+    configure_optimizers, and the state is then never loaded. Callbacks are restored before, so
+    the state is taken here, under the same condition as Lightning's: the epoch was unfinished.
+    """
+
+    def __init__(self, datamodule):
+        self.pending = None
+        for name, train in (("train_dataloader", True), ("val_dataloader", False),
+                            ("test_dataloader", False)):
+            setattr(datamodule, name, self._wrap(getattr(datamodule, name), train))
+        self.trainer = None
+
+    def _wrap(self, original, train: bool):
+        def loader():
+            trainer = self.trainer
+            rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+            built = resumable_loader(original(), rank, world, train)
+            if train and self.pending is not None and isinstance(built, ResumableLoader):
+                built.load_state_dict(self.pending)
+                self.pending = None
+            return built
+        return loader
+
+    def setup(self, trainer, pl_module, stage):
+        self.trainer = trainer
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+        states = (fit.get("state_dict") or {}).get("combined_loader") or []
+        epoch = (fit.get("epoch_progress") or {}).get("current") or {}
+        if states and epoch.get("processed", 0) < epoch.get("started", 0):
+            self.pending = states[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# reading checkpoints back
+
+
+class ForeignCheckpoint(Exception):
+    """A checkpoint in a run's folder that was written by a run with another config."""
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load a checkpoint on CPU (raises on a truncated or corrupt file)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state["epoch"], state["global_step"]  # noqa: B018 - a checkpoint has both, or is damaged
+    return state
+
+
+def check_owner(state: dict, path: Path, run_id: str, config: dict,
+                hparams: dict | None = None) -> None:
+    """Raise ForeignCheckpoint when `state` was saved by another run (another config).
+
+    The run id is the hash of everything that changes what a run computes, so an equal id is
+    the same run. A checkpoint from before ids were stored is judged by the task's hparams.
+    """
+    owner = state.get("lesa_bench") or {}
+    saved_id, saved = owner.get("run_id"), owner.get("config")
+    if saved_id is not None:
+        if saved_id == run_id:
+            return
+        differs = _differences(saved or {}, config)
+    else:
+        saved = state.get("hyper_parameters")
+        if hparams is None or saved is None or saved == hparams:
+            return
+        differs = _differences(saved, hparams)
+    raise ForeignCheckpoint(
+        f"checkpoint {path} was written by another run ({saved_id or 'unknown id'}"
+        f"{'; it differs in ' + ', '.join(differs[:4]) if differs else ''}), not by {run_id}; "
+        f"refusing to resume from it. Move it out of {path.parent} (or delete "
+        f"{path.parent.parent}) to train this run from scratch")
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key} ({x!r} there, {y!r} here)")
+    return out
