@@ -268,7 +268,22 @@ def load_experiment(path: str | Path, overrides: list[str] = (), only: list[str]
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return experiment_from_dict(raw, path, overrides, only)
+    try:
+        return experiment_from_dict(raw, path, overrides, only)
+    except ConfigError as err:
+        raise ConfigError(_where(str(err), path, overrides)) from None
+
+
+def _where(message: str, path: Path, overrides) -> str:
+    """Say where the bad value came from: the --set that set the key, else the file."""
+    if message.startswith(("--", str(path))):
+        return message
+    key = message.split(":", 1)[0]
+    for text in overrides:
+        set_key = text.split("=", 1)[0].strip()
+        if key == set_key or key.startswith(f"{set_key}.") or set_key.startswith(f"{key}."):
+            return f"--set {text}: {message}"
+    return f"{path}: {message}"
 
 
 def experiment_from_dict(raw, path: Path | None = None, overrides=(), only=()) -> Experiment:
@@ -308,7 +323,8 @@ def experiment_from_dict(raw, path: Path | None = None, overrides=(), only=()) -
             for run in runs:
                 run.get(key)
         except (KeyError, TypeError):
-            raise ConfigError(f"--only {key}: not a config key") from None
+            raise ConfigError(f"--only {key}: not a config key; give a dotted key and a value, "
+                              f"e.g. --only model.fusion=sa") from None
         runs = [r for r in runs if r.get(key) in values or str(r.get(key)) in map(str, values)]
     seen = {}
     for run in runs:

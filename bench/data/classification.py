@@ -348,6 +348,11 @@ class _CIFARData(_ClassificationData):
         except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
             raise DataError(f"cannot read {self.title} file {path}: {e}; replace it (or delete "
                             f"{path.parent} and set data.download: true)") from e
+        except Exception as e:  # noqa: BLE001 - garbage can make unpickling fail any way
+            # (a damaged length field even asks for a huge allocation: MemoryError)
+            raise DataError(f"cannot read {self.title} file {path}: it is damaged or not a "
+                            f"{self.title} batch file ({type(e).__name__}); replace it (or delete "
+                            f"{path.parent} and set data.download: true)") from e
 
     def _load(self, names) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
@@ -372,7 +377,9 @@ class _CIFARData(_ClassificationData):
         bad = labels[(labels < 0) | (labels >= self.num_classes)]
         if len(bad):
             raise DataError(f"{self.root / self.folder} has label {int(bad[0])} outside "
-                            f"0..{self.num_classes - 1}")
+                            f"0..{self.num_classes - 1}: its batch files are damaged or not "
+                            f"{self.title}; replace them (or delete the folder and set "
+                            f"data.download: true)")
         train, val = stratified_split(labels.numpy(), [self.val_fraction], self.seed)
         eval_transform = CIFARTransform(self.mean, self.std, self.image_size, augment=False)
         self.train_set = TensorBatches(
@@ -490,7 +497,8 @@ class ImageFolderData(_ClassificationData):
                             "val/ subfolders (test/ optional), each holding one subfolder per "
                             "class")
         if not self.root.is_dir():
-            raise DataError(f"data.root {self.root} is not a folder")
+            raise DataError(f"data.root {self.root} is not a folder: set data.root to the folder "
+                            f"that holds train/ and val/ (one subfolder per class in each)")
         splits = ["train", "val"] + (["test"] if (self.root / "test").is_dir() else [])
         classes = {}
         for split in splits:
@@ -507,7 +515,8 @@ class ImageFolderData(_ClassificationData):
                 only_here = sorted(set(classes[split]) - set(classes["train"]))
                 raise DataError(f"class folders differ between {self.root / 'train'} and {path}: "
                                 f"only in train: {only_train or 'none'}; only in {split}: "
-                                f"{only_here or 'none'}")
+                                f"{only_here or 'none'}; every split needs the same class "
+                                f"folders")
         samples = {}
         for split in splits:
             samples[split] = []
@@ -515,7 +524,8 @@ class ImageFolderData(_ClassificationData):
                 files = _image_files(self.root / split / name)
                 if not files:
                     raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in "
-                                    f"{self.root / split / name}")
+                                    f"{self.root / split / name}: add its images, or remove "
+                                    f"the class folder from every split")
                 samples[split] += [(f, label) for f in files]
         samples.setdefault("test", samples["val"])
         self._samples = samples

@@ -685,7 +685,9 @@ class COCOData(_DetectionData):
 
     def _check_root(self) -> None:
         if self.root is not None and not self.root.is_dir():
-            raise DataError(f"data.root {self.root} is not a folder")
+            raise DataError(f"data.root {self.root} is not a folder: set data.root to the "
+                            f"dataset's folder (data.<split>.images and .annotations are "
+                            f"relative to it)")
 
     def check(self) -> None:
         """Validate every split (see `load_coco_split`); fatal problems raise DataError."""

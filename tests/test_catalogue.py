@@ -1,0 +1,590 @@
+"""The catalogue of bad inputs: each one through the real command line, one by one.
+
+CATALOGUE below is the single list of cases; docs/bad-inputs.md lists the same ids with the
+message each gets (`python tests/test_catalogue.py` prints the observed messages as Markdown,
+for updating the docs). Every case must give a clear message that names the bad input and says
+what to do, the documented exit code (non-zero except where the suite repairs the input itself),
+no traceback (tracebacks only with --debug), and leave a finished run beside it untouched.
+
+Most cases run `bench.cli.main` in-process (it returns the exit code); the signal cases run
+`python -m bench.cli` in a subprocess that delivers a real SIGINT to itself at a chosen moment.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import TINY  # noqa: E402
+
+# fast training settings for the cases that get as far as training
+QUICK_TRAINER = {"max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1,
+                 "limit_test_batches": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# the workspace every case starts from: an experiment folder with one finished run in it
+
+
+class Workspace:
+    """tmp folder with results/tiny/<finished run>; cases write their bad inputs next to it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.results = root / "results"
+        self.finished = self._finished_run()
+
+    def experiment(self, name: str = "tiny", raw: dict | None = None, replace: tuple = (),
+                   **sections) -> Path:
+        """TINY (one run: conv, seed 1) with sections updated (the `replace`d ones replaced);
+        raw replaces the whole file."""
+        if raw is None:
+            cfg = yaml.safe_load(yaml.safe_dump(TINY))
+            cfg["matrix"] = {"model.fusion": ["conv"], "seed": [1]}
+            for key, value in sections.items():
+                if isinstance(value, dict) and isinstance(cfg.get(key), dict) \
+                        and key not in ("matrix", *replace):
+                    cfg[key].update(value)
+                else:
+                    cfg[key] = value
+            text = yaml.safe_dump(cfg)
+        else:
+            text = raw if isinstance(raw, str) else yaml.safe_dump(raw)
+        path = self.root / f"{name}.yaml"
+        path.write_text(text)
+        return path
+
+    def run_argv(self, exp: Path, *extra: str) -> list[str]:
+        return ["run", str(exp), "--results", str(self.results), *extra]
+
+    def _finished_run(self) -> Path:
+        """A finished run of the tiny experiment (conv, seed 0), as the runner leaves one."""
+        from bench.config import experiment_from_dict
+        from bench.store import RunDir
+
+        cfg = yaml.safe_load(yaml.safe_dump(TINY))
+        cfg["matrix"] = {"model.fusion": ["conv"], "seed": [0]}
+        (run,) = experiment_from_dict(cfg).runs
+        rd = RunDir(self.results / "tiny" / run.id)
+        rd.create(run.config)
+        rd.write_metrics({"test": {"test/acc1": 0.5}, "epochs": 1, "costs": {"params": 1},
+                          "shares": None})
+        rd.update_status(state="done", attempts=1, elapsed_s=1.0)
+        rd.checkpoints.mkdir()
+        (rd.checkpoints / "last.ckpt").write_bytes(b"finished run's checkpoint")
+        (rd.checkpoints / "best.ckpt").write_bytes(b"finished run's best checkpoint")
+        (rd.path / "logs").mkdir()
+        (rd.path / "logs" / "metrics.csv").write_text("epoch,val/acc1\n0,0.5\n")
+        return rd.path
+
+    def snapshot(self) -> dict[str, bytes]:
+        return {str(p.relative_to(self.finished)): p.read_bytes()
+                for p in sorted(self.finished.rglob("*")) if p.is_file()}
+
+
+# --- data builders ----------------------------------------------------------------------------
+
+
+def image_tree(root: Path, splits=("train", "val"), classes=("cat", "dog"), per_class=2) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for name in classes:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def imagefolder_exp(ws: Workspace, root: Path) -> Path:
+    return ws.experiment(data={"name": "imagefolder", "root": str(root), "image_size": 16,
+                               "batch_size": 4, "augment": False}, trainer=QUICK_TRAINER)
+
+
+def cifar_folder(root: Path, labels_fn=lambda b, i: (b + i) % 10) -> Path:
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def dump(name, labels):
+        data = np.repeat(np.array(labels, dtype=np.int64)[:, None] % 256, 3072, axis=1)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"labels": list(labels), "data": data.astype(np.uint8)}, f)
+
+    for b in range(1, 6):
+        dump(f"data_batch_{b}", [labels_fn(b, i) for i in range(4)])
+    dump("test_batch", [i % 10 for i in range(4)])
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return folder
+
+
+def cifar_exp(ws: Workspace, root: Path | None) -> Path:
+    data = {"name": "cifar10", "batch_size": 4, "augment": False, "image_size": 16}
+    if root is not None:
+        data["root"] = str(root)
+    return ws.experiment(data=data, trainer=QUICK_TRAINER)
+
+
+def coco_folder(root: Path, train_annotations=None, corrupt_image: bool = False) -> Path:
+    """A tiny COCO dataset: train (2 images) and val (1 image), 32x32 PNGs, categories 3 and 7."""
+    from PIL import Image
+
+    anns = train_annotations if train_annotations is not None else \
+        [{"id": 1, "image_id": 1, "bbox": [2, 2, 10, 10], "category_id": 3}]
+    for split, names, split_anns in (
+            ("train", ["a.png", "b.png"], anns),
+            ("val", ["c.png"], [{"id": 100, "image_id": 1, "bbox": [2, 2, 10, 10],
+                                 "category_id": 7}])):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / "annotations").mkdir(exist_ok=True)
+        for i, name in enumerate(names):
+            Image.new("RGB", (32, 32), (i * 60, 80, 120)).save(root / split / name)
+        images = [{"id": i, "file_name": n, "width": 32, "height": 32}
+                  for i, n in enumerate(names, 1)]
+        (root / "annotations" / f"{split}.json").write_text(json.dumps({
+            "images": images, "annotations": split_anns,
+            "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "bus"}]}))
+    if corrupt_image:
+        (root / "val" / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+def coco_exp(ws: Workspace, root: Path) -> Path:
+    return ws.experiment(data={"name": "coco", "root": str(root), "batch_size": 2},
+                         replace=("data",),
+                         model={"backbone": "resnet_tiny", "heads": 2, "max_size": 32},
+                         trainer=QUICK_TRAINER)
+
+
+def bad_box(bbox, category=3):
+    return [{"id": 12, "image_id": 1, "bbox": bbox, "category_id": category}]
+
+
+def interrupted_run(ws: Workspace, exp: Path, checkpoint: bytes) -> Path:
+    """The experiment's run folder as an interrupted run leaves it, with this last.ckpt."""
+    from bench.config import load_experiment
+    from bench.store import RunDir
+
+    (run,) = load_experiment(exp).runs
+    rd = RunDir(ws.results / "tiny" / run.id)
+    rd.create(run.config)
+    rd.update_status(state="interrupted", attempts=1, error="interrupted (Ctrl-C or SIGTERM)")
+    rd.checkpoints.mkdir()
+    rd.last_checkpoint.write_bytes(checkpoint)
+    return rd.last_checkpoint
+
+
+def truncated_checkpoint() -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"epoch": 0, "global_step": 3, "state_dict": {"w": torch.zeros(64, 64)}}, buf)
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# the catalogue
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    area: str
+    description: str
+    # (workspace) -> (argv, the input's name/path the message must contain)
+    setup: Callable[[Workspace], tuple[list[str], str]]
+    expect: str  # a fragment of the message (whitespace-insensitive)
+    code: int = 2
+    slow: bool = False
+    signal_at: str | None = None  # "training" | "validation" | "test": SIGINT in a subprocess
+
+
+def _exp_case(content: dict | str, named: str):
+    def setup(ws):
+        exp = ws.experiment(raw=content if isinstance(content, str) else {"name": "tiny", **content})
+        return ws.run_argv(exp), named
+    return setup
+
+
+def _cli_case(*extra: str, named: str):
+    def setup(ws):
+        return ws.run_argv(ws.experiment(), *extra), named
+    return setup
+
+
+def _data_case(build: Callable[[Workspace], tuple[Path, str]]):
+    def setup(ws):
+        exp, named = build(ws)
+        return ws.run_argv(exp), named
+    return setup
+
+
+def _missing_experiment(ws):
+    ws.experiment()  # tiny.yaml exists beside it: the message suggests it
+    return ws.run_argv(ws.root / "tinyy.yaml"), "tinyy.yaml"
+
+
+def _unwritable(ws):
+    blocker = ws.root / "not-a-folder"
+    blocker.write_text("a file where the results folder should be")
+    return ["run", str(ws.experiment()), "--results", str(blocker / "results")], \
+        str(blocker / "results")
+
+
+def _if_missing_root(ws):
+    return imagefolder_exp(ws, ws.root / "no-such-data"), str(ws.root / "no-such-data")
+
+
+def _if_empty(ws):
+    (ws.root / "empty").mkdir()
+    return imagefolder_exp(ws, ws.root / "empty"), str(ws.root / "empty" / "train")
+
+
+def _if_empty_class(ws):
+    root = image_tree(ws.root / "data")
+    for f in (root / "val" / "dog").iterdir():
+        f.unlink()
+    return imagefolder_exp(ws, root), str(root / "val" / "dog")
+
+
+def _if_unknown_class(ws):
+    root = image_tree(ws.root / "data")
+    (root / "val" / "dog").rename(root / "val" / "bird")
+    return imagefolder_exp(ws, root), str(root / "val")
+
+
+def _if_corrupt_image(ws):
+    root = image_tree(ws.root / "data")
+    (root / "val" / "cat" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return imagefolder_exp(ws, root), str(root / "val" / "cat" / "bad.png")
+
+
+def _cifar_no_root(ws):
+    return cifar_exp(ws, None), "data.root"
+
+
+def _cifar_missing(ws):
+    (ws.root / "data").mkdir()
+    return cifar_exp(ws, ws.root / "data"), str(ws.root / "data" / "cifar-10-batches-py")
+
+
+def _cifar_incomplete(ws):
+    folder = cifar_folder(ws.root / "data")
+    (folder / "data_batch_3").unlink()
+    return cifar_exp(ws, ws.root / "data"), "data_batch_3"
+
+
+def _cifar_corrupt(ws):
+    folder = cifar_folder(ws.root / "data")
+    (folder / "data_batch_2").write_bytes(b"\x80\x04\x95 truncated pickle")
+    return cifar_exp(ws, ws.root / "data"), str(folder / "data_batch_2")
+
+
+def _cifar_bad_label(ws):
+    folder = cifar_folder(ws.root / "data", labels_fn=lambda b, i: 12 if (b, i) == (3, 1) else i)
+    return cifar_exp(ws, ws.root / "data"), str(folder)
+
+
+def _coco(annotations=None, named=None, corrupt_image=False, edit=None):
+    def build(ws):
+        root = coco_folder(ws.root / "coco", annotations, corrupt_image)
+        if edit:
+            edit(root)
+        return coco_exp(ws, root), named(root)
+    return build
+
+
+def _ckpt_case(data: Callable[[], bytes]):
+    def setup(ws):
+        exp = ws.experiment(trainer=QUICK_TRAINER)
+        path = interrupted_run(ws, exp, data())
+        return ws.run_argv(exp), str(path)
+    return setup
+
+
+def _signal_case(ws):
+    exp = ws.experiment(trainer={"max_epochs": 2, "limit_train_batches": 3,
+                                 "limit_val_batches": 2, "limit_test_batches": 2})
+    from bench.config import load_experiment
+
+    (run,) = load_experiment(exp).runs
+    return ws.run_argv(exp), run.id
+
+
+_TRAIN_HINT = "run the same command to resume it"
+
+CATALOGUE: list[Case] = [
+    # --- experiment files ---------------------------------------------------------------------
+    Case("exp-unknown-key", "experiment file", "a misspelt key (model.fusoin)",
+         _exp_case({"model": {"fusoin": "sa"}}, "model.fusoin"),
+         "unknown key (did you mean 'fusion'?)"),
+    Case("exp-unknown-top-level-key", "experiment file", "a misspelt section (matrx)",
+         _exp_case({"matrx": {"seed": [0]}}, "matrx"), "unknown top-level key"),
+    Case("exp-wrong-type", "experiment file", "a string where a number belongs (optim.lr: fast)",
+         _exp_case({"optim": {"lr": "fast"}}, "optim.lr"), "expected float, got string 'fast'"),
+    Case("exp-section-not-mapping", "experiment file", "a section that is a list (trainer: [1, 2])",
+         _exp_case({"trainer": [1, 2]}, "trainer"), "expected a mapping, got list"),
+    Case("exp-unknown-strategy", "experiment file", "an unknown fusion strategy (dynamc)",
+         _exp_case({"model": {"fusion": "dynamc"}}, "model.fusion"),
+         "'dynamc' is not allowed (did you mean 'dynamic'?)"),
+    Case("exp-unknown-dataset", "experiment file", "an unknown dataset (cifar1O)",
+         _exp_case({"data": {"name": "cifar1O"}}, "data.name"), "'cifar1O' is not allowed"),
+    Case("exp-unknown-backbone", "experiment file", "an unknown backbone (resnet5O)",
+         _exp_case({"model": {"backbone": "resnet5O"}}, "model.backbone"),
+         "'resnet5O' is not allowed"),
+    Case("exp-matrix-unknown-value", "experiment file", "an unknown strategy in a matrix axis",
+         _exp_case({"matrix": {"model.fusion": ["conv", "lesa"]}}, "model.fusion"),
+         "(in the matrix run model.fusion=lesa)"),
+    Case("exp-matrix-empty-axis", "experiment file", "an empty matrix axis",
+         _exp_case({"matrix": {"model.fusion": []}}, "matrix.model.fusion"),
+         "expected a non-empty list of values"),
+    Case("exp-matrix-axis-not-list", "experiment file", "a matrix axis that is not a list",
+         _exp_case({"matrix": {"seed": 3}}, "matrix.seed"), "expected a non-empty list"),
+    Case("exp-matrix-repeated-value", "experiment file", "a matrix axis that repeats a value",
+         _exp_case({"matrix": {"seed": [1, 1]}}, "matrix.seed"), "values repeat"),
+    Case("exp-matrix-bad-bundle", "experiment file",
+         "a bundle axis whose values are not mappings of dotted keys",
+         _exp_case({"matrix": {"task": ["digits"]}}, "matrix.task"),
+         "not a dotted config key"),
+    Case("exp-sweep-bad-space", "experiment file", "a sweep range of the wrong kind",
+         _exp_case({"sweep": {"params": {"optim.lr": "fast"}}}, "sweep.params.optim.lr"),
+         "expected a list of choices or a mapping with low/high"),
+    Case("exp-sweep-unknown-param", "experiment file", "a sweep over a key that does not exist",
+         _exp_case({"sweep": {"params": {"optim.lrr": [0.1, 0.2]}}}, "sweep.params.optim.lrr"),
+         "not a config key (did you mean 'optim.lr'?)"),
+    Case("exp-invalid-yaml", "experiment file", "a file that is not valid YAML",
+         _exp_case("name: tiny\nmodel: [unclosed\n", "tiny.yaml"), "not valid YAML"),
+    Case("exp-not-a-mapping", "experiment file", "a YAML file holding a list",
+         _exp_case("- conv\n- sa\n", "tiny.yaml"), "expected a mapping at the top level"),
+    # --- command line -------------------------------------------------------------------------
+    Case("cli-missing-experiment", "command line", "an experiment file that does not exist",
+         _missing_experiment, "not found (did you mean 'tiny.yaml'?)"),
+    Case("cli-set-not-key-value", "command line", "--set without =VALUE",
+         _cli_case("--set", "trainer.max_epochs", named="trainer.max_epochs"),
+         "expected KEY=VALUE"),
+    Case("cli-set-unknown-key", "command line", "--set on a key that does not exist",
+         _cli_case("--set", "trainer.max_epoch=2", named="trainer.max_epoch"),
+         "unknown key (did you mean 'max_epochs'?)"),
+    Case("cli-set-wrong-type", "command line", "--set with a value of the wrong type",
+         _cli_case("--set", "data.batch_size=big", named="data.batch_size"),
+         "expected int, got string 'big'"),
+    Case("cli-shard-out-of-range", "command line", "--shard 2/2 (I must be below N)",
+         _cli_case("--shard", "2/2", named="2/2"), "expected I/N with 0 <= I < N"),
+    Case("cli-shard-malformed", "command line", "--shard that is not I/N",
+         _cli_case("--shard", "first", named="first"), "expected I/N"),
+    Case("cli-only-unknown-key", "command line", "--only on a key that does not exist",
+         _cli_case("--only", "model.fusoin=sa", named="model.fusoin"), "not a config key"),
+    Case("results-unwritable", "results", "a results directory that cannot be created",
+         _unwritable, "is not writable"),
+    # --- classification data ------------------------------------------------------------------
+    Case("imagefolder-missing-root", "data", "data.root that does not exist",
+         _data_case(_if_missing_root), "is not a folder"),
+    Case("imagefolder-empty-root", "data", "data.root that is an empty folder",
+         _data_case(_if_empty), "missing folder"),
+    Case("imagefolder-empty-class", "data", "a class folder without images",
+         _data_case(_if_empty_class), "no images"),
+    Case("imagefolder-unknown-class", "data", "a val class folder that train does not have",
+         _data_case(_if_unknown_class), "class folders differ"),
+    Case("imagefolder-corrupt-image", "data", "an image file that cannot be decoded",
+         _data_case(_if_corrupt_image), "cannot read image", code=1, slow=True),
+    Case("cifar-no-root", "data", "cifar10 without data.root", _data_case(_cifar_no_root),
+         "data.root is not set"),
+    Case("cifar-missing-folder", "data", "data.root without cifar-10-batches-py/",
+         _data_case(_cifar_missing), "CIFAR-10 not found"),
+    Case("cifar-incomplete", "data", "a CIFAR folder missing one batch file",
+         _data_case(_cifar_incomplete), "is incomplete: missing"),
+    Case("cifar-corrupt-file", "data", "a CIFAR batch file that is not a pickle",
+         _data_case(_cifar_corrupt), "cannot read CIFAR-10 file", code=1, slow=True),
+    Case("cifar-unknown-label", "data", "a CIFAR label outside 0..9",
+         _data_case(_cifar_bad_label), "has label 12 outside 0..9", code=1, slow=True),
+    # --- detection data (coco) ----------------------------------------------------------------
+    Case("coco-missing-root", "data", "coco data.root that does not exist",
+         _data_case(lambda ws: (coco_exp(ws, ws.root / "nowhere"), str(ws.root / "nowhere"))),
+         "is not a folder"),
+    Case("coco-missing-annotations", "data", "an annotation file that does not exist",
+         _data_case(_coco(edit=lambda r: (r / "annotations" / "val.json").unlink(),
+                          named=lambda r: str(r / "annotations" / "val.json"))),
+         "not found"),
+    Case("coco-corrupt-annotations", "data", "an annotation file that is not valid JSON",
+         _data_case(_coco(edit=lambda r: (r / "annotations" / "train.json").write_text(
+             '{"images": [\n  {"id": 1,,}]}'), named=lambda r: str(r / "annotations" /
+                                                                  "train.json"))),
+         "malformed JSON at line 2"),
+    Case("coco-not-coco", "data", "a JSON file without images/annotations/categories",
+         _data_case(_coco(edit=lambda r: (r / "annotations" / "val.json").write_text("[]"),
+                          named=lambda r: str(r / "annotations" / "val.json"))),
+         "malformed COCO file"),
+    Case("coco-box-outside-image", "data", "a box that lies outside its image",
+         _data_case(_coco(bad_box([40, 3, 5, 5]),
+                          named=lambda r: str(r / "annotations" / "train.json"))),
+         "annotation id 12 (image a.png): box [40, 3, 5, 5] lies outside the 32x32 image"),
+    Case("coco-zero-size-box", "data", "a box of zero width",
+         _data_case(_coco(bad_box([3, 3, 0, 5]),
+                          named=lambda r: str(r / "annotations" / "train.json"))),
+         "has a zero-size box"),
+    Case("coco-unknown-category", "data", "an annotation whose category is not listed",
+         _data_case(_coco(bad_box([3, 3, 4, 5], category=42),
+                          named=lambda r: str(r / "annotations" / "train.json"))),
+         "unknown category_id 42"),
+    Case("coco-missing-image", "data", "an image entry whose file does not exist",
+         _data_case(_coco(edit=lambda r: (r / "train" / "a.png").unlink(),
+                          named=lambda r: str(r / "train" / "a.png"))),
+         "does not exist (annotation ids: 1)"),
+    Case("coco-corrupt-image", "data", "an image file that cannot be decoded",
+         _data_case(_coco(corrupt_image=True, named=lambda r: str(r / "val" / "c.png"))),
+         "cannot read image", code=1, slow=True),
+    # --- checkpoints ----------------------------------------------------------------------------
+    Case("ckpt-truncated", "checkpoint", "a truncated last.ckpt (disk full, a cut copy)",
+         _ckpt_case(truncated_checkpoint), "is unreadable", code=0, slow=True),
+    Case("ckpt-corrupt", "checkpoint", "a last.ckpt that is not a checkpoint at all",
+         _ckpt_case(lambda: b"garbage, not a checkpoint"), "is unreadable", code=0, slow=True),
+    # --- signals --------------------------------------------------------------------------------
+    Case("sigint-training", "signal", "Ctrl-C (SIGINT) during a training step",
+         _signal_case, _TRAIN_HINT, code=130, slow=True, signal_at="training"),
+    Case("sigint-validation", "signal", "Ctrl-C (SIGINT) during validation",
+         _signal_case, _TRAIN_HINT, code=130, slow=True, signal_at="validation"),
+    Case("sigint-test", "signal", "Ctrl-C (SIGINT) during the final test evaluation",
+         _signal_case, _TRAIN_HINT, code=130, slow=True, signal_at="test"),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# running a case
+
+# A real SIGINT, sent by the process to itself at a chosen step (as a Ctrl-C would arrive).
+SIGNAL_DRIVER = r"""
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+from bench.tasks.classification import ClassificationTask
+phase = sys.argv[1]
+original = getattr(ClassificationTask, phase + "_step")
+def step(self, batch, batch_idx):
+    trainer = self.trainer
+    if not trainer.sanity_checking and (phase != "training" or trainer.global_step >= 2):
+        os.kill(os.getpid(), signal.SIGINT)
+    return original(self, batch, batch_idx)
+setattr(ClassificationTask, phase + "_step", step)
+from bench.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def run_case(case: Case, ws: Workspace, capsys=None) -> tuple[int, str, str]:
+    """Set the case up and run the command line; returns (exit code, output, named input)."""
+    argv, named = case.setup(ws)
+    if case.signal_at:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run([sys.executable, "-c", SIGNAL_DRIVER, case.signal_at, *argv],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        return proc.returncode, proc.stdout + proc.stderr, named
+    from bench.cli import main
+
+    try:
+        code = main(argv)
+    except BaseException as err:  # noqa: BLE001 - an escaping exception is a traceback
+        import traceback
+
+        code = getattr(err, "code", None) or 1
+        print("Traceback (escaped main):\n" + traceback.format_exc())
+    if capsys is not None:
+        out = capsys.readouterr()
+        return code, out.out + out.err, named
+    return code, "", named
+
+
+def squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return Workspace(tmp_path)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow
+                                               else []) for c in CATALOGUE])
+def test_bad_input(case: Case, ws: Workspace, capsys):
+    before = ws.snapshot()
+    code, out, named = run_case(case, ws, capsys)
+    assert code == case.code, out
+    assert "Traceback" not in out, out
+    assert squash(case.expect) in squash(out), f"{case.expect!r} not in:\n{out}"
+    assert squash(named) in squash(out), f"the input {named!r} is not named in:\n{out}"
+    assert ws.snapshot() == before, "the finished run's files changed"
+    if case.signal_at:
+        from bench.store import RunDir
+
+        rd = RunDir(ws.results / "tiny" / named)
+        status = rd.status()
+        assert status["state"] == "interrupted", status
+        assert rd.last_checkpoint.exists()
+        assert not (rd.path / "lock").exists()
+    if case.id.startswith("ckpt-"):
+        assert squash(named + ".unreadable") in squash(out.replace("moved to ", "moved to " +
+                                                                   str(Path(named).parent) + "/"))
+
+
+def test_catalogue_is_big_and_ids_are_unique():
+    ids = [c.id for c in CATALOGUE]
+    assert len(ids) == len(set(ids)) and len(ids) >= 20
+
+
+def test_every_case_is_documented():
+    doc = (ROOT / "docs" / "bad-inputs.md").read_text()
+    missing = [c.id for c in CATALOGUE if f"`{c.id}`" not in doc]
+    assert not missing, f"not in docs/bad-inputs.md: {missing}"
+
+
+def test_debug_shows_the_traceback(ws):
+    from bench.cli import main
+    from bench.config import ConfigError
+
+    exp = ws.experiment(matrix={"model.fusion": ["dynamc"]})
+    with pytest.raises(ConfigError):
+        main(["--debug", *ws.run_argv(exp)])
+
+
+# ---------------------------------------------------------------------------------------------
+# `python tests/test_catalogue.py [ids...]`: run the cases and print what they get, as Markdown
+
+
+def _observed(ids: list[str]) -> None:
+    import contextlib
+    import io
+
+    for case in CATALOGUE:
+        if ids and case.id not in ids:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            ws = Workspace(Path(tmp))
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                code, out, named = run_case(case, ws)
+            out = (out or buf.getvalue()).replace(tmp, "<tmp>")
+            lines = [line.strip() for line in out.splitlines()
+                     if any(k in line for k in ("error", "failed", "warning", "interrupted"))]
+            print(f"### `{case.id}`: {case.description}\n\nexit {code}\n")
+            print("```\n" + "\n".join(lines) + "\n```\n", flush=True)
+
+
+if __name__ == "__main__":
+    _observed(sys.argv[1:])
