@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench.config import FUSION_NAMES, Experiment, Run, run_id
@@ -22,7 +23,12 @@ from bench.store import RunDir, experiment_dir
 from bench.tasks import TASKS
 
 STATE_STYLE = {"done": "green", "running": "cyan", "failed": "red", "interrupted": "yellow",
-               "pending": "dim", "pruned": "yellow", "stale": "magenta"}
+               "pending": "dim", "pruned": "yellow", "stale": "magenta", "unreadable": "magenta"}
+# runs whose results cannot be trusted: flagged in every report, never in a mean
+FLAGGED = {
+    "stale": "its stored config.yaml no longer hashes to its id (edited or damaged)",
+    "unreadable": "marked done, but its metrics.json is missing or unreadable",
+}
 # headline metrics per task in the ablation table (the rest go to JSON/CSV exports)
 ABLATION_METRICS = {"classification": ("test/acc1",),
                     "detection": ("test/map_50", "test/map", "test/ap_vt", "test/ap_t",
@@ -36,6 +42,7 @@ class RunRecord:
     status: dict
     metrics: dict | None
     stale: bool = False  # stored config no longer hashes to the folder's id
+    folder: Path | None = None
 
 
 @dataclass
@@ -66,14 +73,39 @@ def collect(exp: Experiment, runs: list[Run], results: Path) -> list[RunRecord]:
     for run in runs:
         rd = RunDir(root / run.id)
         status = rd.status()
-        stored = rd.config()
-        stale = stored is not None and run_id(stored) != run.id
+        stale = rd.path.is_dir() and not _config_matches(rd, run.id)
         state = status.get("state", "pending")
         if state == "running" and not rd.locked_by_other():
             state = "interrupted"  # its process died without saying so
-        records.append(RunRecord(run, "stale" if stale else state, status,
-                                 None if stale else rd.metrics(), stale))
+        metrics = None if stale else rd.metrics()
+        if stale:
+            state = "stale"
+        elif state == "done" and not isinstance((metrics or {}).get("test"), dict):
+            state, metrics = "unreadable", None
+        records.append(RunRecord(run, state, status, metrics, stale, rd.path))
     return records
+
+
+def _config_matches(rd: RunDir, expected_id: str) -> bool:
+    """Whether the run folder's stored config still hashes to its id (False when unreadable)."""
+    stored = rd.config()
+    try:
+        return isinstance(stored, dict) and run_id(stored) == expected_id
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+
+
+def flagged(records: list[RunRecord]) -> list[RunRecord]:
+    return [r for r in records if r.state in FLAGGED]
+
+
+def _flag_lines(records: list[RunRecord]) -> list[str]:
+    """One line per run left out of the means because its results cannot be trusted."""
+    lines = []
+    for r in flagged(records):
+        lines.append(f"{r.run.id}: {FLAGGED[r.state]}; left out of every mean. Delete "
+                     f"{r.folder} to train it again")
+    return lines
 
 
 def _row_key(run: Run) -> str:
@@ -161,8 +193,8 @@ def print_status(exp: Experiment, runs: list[Run], results: Path, console: Conso
                                 if k in ("test/acc1", "test/map_50"))
         elapsed = f"{s['elapsed_s']:.0f}s" if s.get("elapsed_s") else ""
         note = s.get("error") or ""
-        if r.stale:
-            note = "stored config does not match its id: ignored"
+        if r.state in FLAGGED:
+            note = f"{FLAGGED[r.state]}: ignored"
         style = STATE_STYLE.get(r.state, "default")
         table.add_row(r.run.id, r.run.config["model"]["fusion"], r.run.config["data"]["name"],
                       str(r.run.config["seed"]), f"[{style}]{r.state}[/]", progress, elapsed,
@@ -247,6 +279,13 @@ def print_tables(exp: Experiment, records: list[RunRecord], console: Console) ->
     if states:
         console.print("[yellow]incomplete: " + ", ".join(f"{n} {s}" for s, n in states.items())
                       + " (cells show n and what is missing)")
+    for r in records:
+        if r.state == "failed":
+            console.print(f"  [red]failed[/] {r.run.id}: "
+                          f"{escape(str(r.status.get('error') or 'no reason recorded'))}",
+                          soft_wrap=True)
+    for line in _flag_lines(records):
+        console.print(f"  [magenta]flagged[/] {escape(line)}", soft_wrap=True)
 
 
 SHARE_METRICS = {"classification": ("shares/unary", "shares/binary"),
@@ -278,7 +317,7 @@ def _simple_table(title: str, records, metrics_by_task, formats) -> Table:
 
 
 def _shares_table(exp, records) -> Table:
-    pct = lambda c: f"{c.mean:.1f} ± {c.std:.1f}"  # noqa: E731
+    pct = lambda c: f"{c.mean:.1f} ± {c.std:.1f} (n={c.n})"  # noqa: E731
     return _simple_table(f"{exp.name}: unary / binary shares on test (%)", records,
                          SHARE_METRICS, {"unary": pct, "binary": pct})
 
@@ -307,7 +346,12 @@ def export_records(exp: Experiment, records: list[RunRecord]) -> dict:
                             "values": cell.values, "states": cell.states})
     return {"experiment": exp.name, "runs": len(records),
             "states": {s: sum(r.state == s for r in records) for s in {r.state for r in records}},
-            "cells": out}
+            "cells": out,
+            "failed": [{"run": r.run.id, "reason": r.status.get("error"),
+                        "failure": r.status.get("failure")}
+                       for r in records if r.state == "failed"],
+            "flagged": [{"run": r.run.id, "state": r.state, "why": FLAGGED[r.state]}
+                        for r in flagged(records)]}
 
 
 def _export_text(exp, records, fmt: str) -> str:
@@ -327,6 +371,10 @@ def _export_text(exp, records, fmt: str) -> str:
         lines = ["| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
+        notes = [f"failed: {r.run.id}: {r.status.get('error')}" for r in records
+                 if r.state == "failed"] + [f"flagged: {line}" for line in _flag_lines(records)]
+        if notes:
+            lines += [""] + [f"- {note}" for note in notes]
         return "\n".join(lines) + "\n"
     # latex
     esc = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$").replace("Δ", r"$\Delta$")  # noqa

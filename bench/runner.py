@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from bench.config import Experiment, Run
 from bench.store import RunDir, experiment_dir, now
@@ -270,13 +271,26 @@ def execute(run: Run, run_dir: RunDir, console: Console, label: str = "",
                                   elapsed_s=time.time() - start + previous.get("elapsed_s", 0.0))
             return _PRUNED
         (run_dir.path / "error.log").write_text(traceback.format_exc())
-        reason = f"{type(err).__name__}: {err}"
-        run_dir.update_status(state="failed", error=reason, finished=now(),
+        kind, reason = _failure(err)
+        run_dir.update_status(state="failed", error=reason, failure=kind, finished=now(),
                               elapsed_s=time.time() - start + previous.get("elapsed_s", 0.0))
-        console.print(f"  [red]{label} failed: {reason}")
+        console.print(f"  [red]{escape(label)} failed:[/] {escape(reason)}", soft_wrap=True)
         return _FAILED
     finally:
         run_dir.unlock()
+
+
+def _failure(err: BaseException) -> tuple[str, str]:
+    """(kind, reason) of a failed run: kind is diverged, out_of_memory or error."""
+    name = type(err).__name__
+    if name == "Diverged":
+        return "diverged", f"diverged: {err}"
+    if isinstance(err, MemoryError) or name == "OutOfMemoryError":
+        first = (str(err).strip().splitlines() or [""])[0]
+        return "out_of_memory", (f"out of memory ({name}: {first}); lower data.batch_size (with "
+                                 f"trainer.accumulate_grad_batches to keep the effective batch) "
+                                 f"or use trainer.precision: 16-mixed")
+    return "error", f"{name}: {err}"
 
 
 def preflight(runs: list[Run]) -> None:
@@ -358,7 +372,11 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
                   f"{sum(o == _DONE for o in outcomes.values())} done, {len(failed)} failed, "
                   f"{sum(o == _SKIPPED for o in outcomes.values())} left to other processes")
     for run_id in failed:
-        console.print(f"  [red]failed[/] {run_id}: {RunDir(root / run_id).status().get('error')}")
+        error = str(RunDir(root / run_id).status().get("error"))
+        console.print(f"  [red]failed[/] {run_id}: {escape(error)}", soft_wrap=True)
+    if failed:
+        console.print(f"  (tracebacks in {root}/<run-id>/error.log; fix the cause, then re-run "
+                      f"them with --retry-failed)", soft_wrap=True)
     still_failed = [r.id for r in runs if RunDir(root / r.id).status().get("state") == "failed"]
     if still_failed and not failed:
         console.print(f"  {len(still_failed)} runs are failed from before (--retry-failed)")
