@@ -72,14 +72,16 @@ class CostsAndShares(L.Callback):
         shares = lesa.shares(pl_module.backbone, running=True)
         if shares["unary"] is None:
             return
-        pl_module.log(f"{stage}/unary_share", shares["unary"])
         by_stage: dict[str, list[float]] = {}
         for name, value in shares["per_module"].items():
             by_stage.setdefault(name.split(".")[0], []).append(value["unary"])
         per_stage = {k: sum(v) / len(v) for k, v in by_stage.items()}
+        unary, binary = _mean_over_ranks(pl_module, [shares["unary"], shares["binary"]])
+        per_stage = dict(zip(per_stage, _mean_over_ranks(pl_module, list(per_stage.values()))))
+        pl_module.log(f"{stage}/unary_share", unary)
         for name, value in per_stage.items():
             pl_module.log(f"{stage}/unary_share_{name}", value)
-        self.summary[f"{stage}_shares"] = {"unary": shares["unary"], "binary": shares["binary"],
+        self.summary[f"{stage}_shares"] = {"unary": unary, "binary": binary,
                                            "per_stage": per_stage}
 
     def on_validation_epoch_start(self, trainer, pl_module):
@@ -94,6 +96,16 @@ class CostsAndShares(L.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module):
         self._end_eval(pl_module, "test")
+
+
+def _mean_over_ranks(pl_module, values: list[float]) -> list[float]:
+    """Under DDP each rank saw its shard: the shares reported are the mean over ranks."""
+    trainer = pl_module.trainer
+    if trainer.world_size == 1:
+        return values
+    mean = trainer.strategy.reduce(torch.tensor(values, dtype=torch.float64,
+                                                device=pl_module.device), reduce_op="mean")
+    return [float(v) for v in mean]
 
 
 def _batch_size(batch) -> int:
@@ -166,13 +178,13 @@ class LogLines(L.Callback):
         print(f"  {self.label} {text}", file=sys.stdout, flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if time.monotonic() - self._last > self.every_s:
+        if trainer.is_global_zero and time.monotonic() - self._last > self.every_s:
             self._last = time.monotonic()
             self._print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
                         f"batch {batch_idx + 1}/{trainer.num_training_batches}")
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/") and "share_" not in k}

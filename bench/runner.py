@@ -43,7 +43,9 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*does not have many workers.*", ".*number of training batches.*",
                     ".*LeafSpec.*", ".*treespec.*", ".*Checkpoint directory.*exists.*",
-                    ".*Experiment logs directory.*exists.*", ".*TreeSpec.*"):
+                    ".*Experiment logs directory.*exists.*", ".*TreeSpec.*",
+                    # under DDP: train/loss and images/s are rank 0's; test metrics are synced
+                    ".*sync_dist=True.*when logging on epoch level.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 

@@ -236,3 +236,34 @@ def test_checkpoint_of_another_config_is_refused(tiny_experiment, tmp_path):
     assert runs["sum"].status()["state"] == "failed"
     assert runs["sum"].last_checkpoint.exists()  # refused, not deleted
     assert {p: p.stat().st_mtime_ns for p in runs["conv"].path.rglob("*")} == before
+
+
+# --- DDP on CPU: Lightning's `ddp` re-runs the command for rank 1, which trains only rank 0's run
+
+def test_ddp_on_cpu_finishes_resumes_and_only_rank_0_writes(tiny_experiment, tmp_path):
+    settings = {**EXACT, "trainer": {**EXACT["trainer"], "devices": 2, "strategy": "ddp"},
+                "matrix": {"model.fusion": ["dynamic", "conv"], "seed": [0]}}
+    exp = tiny_experiment(**settings)
+    reference, results = tmp_path / "reference", tmp_path / "results"
+    code, out = _run_cli(exp, reference)
+    assert code == 0, out
+    assert out.count("epoch 3/3 val/") == 2  # one line per run: rank 1 prints nothing
+    for rd in run_dirs(reference, "tiny").values():
+        status, metrics = rd.status(), rd.metrics()
+        assert status["state"] == "done" and status["attempts"] == 1
+        assert 0 <= metrics["test"]["test/acc1"] <= 1 and metrics["epochs"] == 3
+        assert not (rd.path / "lock").exists()
+    # every rank SIGKILLs itself mid-epoch 2 of the first run, then rank 0 mid-save
+    for kill_at in ("step:9", "save:3"):
+        code, out = _run_cli(exp, results, kill_at)
+        assert code == -9, f"{kill_at}: {out}"
+    code, out = _run_cli(exp, results)
+    assert code == 0, out
+    ref = {rd.config()["model"]["fusion"]: rd for rd in run_dirs(reference, "tiny").values()}
+    for rd in run_dirs(results, "tiny").values():
+        fusion = rd.config()["model"]["fusion"]
+        status = rd.status()
+        assert status["state"] == "done", status
+        assert rd.metrics()["test"] == ref[fusion].metrics()["test"]
+    code, out = _run_cli(exp, results)
+    assert code == 0 and "0 to run" in out, out
