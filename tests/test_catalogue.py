@@ -215,7 +215,8 @@ class Case:
     expect: str  # a fragment of the message (whitespace-insensitive)
     code: int = 2
     slow: bool = False
-    signal_at: str | None = None  # "training" | "validation" | "test": SIGINT in a subprocess
+    # "training" | "validation" | "test" [":TERM"]: SIGINT (SIGTERM) there, in a subprocess
+    signal_at: str | None = None
 
 
 def _exp_case(content: dict | str, named: str):
@@ -464,6 +465,8 @@ CATALOGUE: list[Case] = [
          _signal_case, _TRAIN_HINT, code=130, slow=True, signal_at="validation"),
     Case("sigint-test", "signal", "Ctrl-C (SIGINT) during the final test evaluation",
          _signal_case, _TRAIN_HINT, code=130, slow=True, signal_at="test"),
+    Case("sigterm-training", "signal", "SIGTERM (a scheduler's notice) during training",
+         _signal_case, _TRAIN_HINT, code=130, slow=True, signal_at="training:TERM"),
 ]
 
 
@@ -475,12 +478,13 @@ SIGNAL_DRIVER = r"""
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
 from bench.tasks.classification import ClassificationTask
-phase = sys.argv[1]
+phase, _, name = sys.argv[1].partition(":")
+sig = getattr(signal, "SIG" + (name or "INT"))
 original = getattr(ClassificationTask, phase + "_step")
 def step(self, batch, batch_idx):
     trainer = self.trainer
     if not trainer.sanity_checking and (phase != "training" or trainer.global_step >= 2):
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), sig)
     return original(self, batch, batch_idx)
 setattr(ClassificationTask, phase + "_step", step)
 from bench.cli import main
@@ -552,6 +556,11 @@ def test_every_case_is_documented():
     doc = (ROOT / "docs" / "bad-inputs.md").read_text()
     missing = [c.id for c in CATALOGUE if f"`{c.id}`" not in doc]
     assert not missing, f"not in docs/bad-inputs.md: {missing}"
+    sections = {m.group(1): m.group(2) for m in
+                re.finditer(r"### `([^`]+)`(.*?)(?=\n### |\n## |\Z)", doc, re.S)}
+    stale = [c.id for c in CATALOGUE if squash(c.expect) not in squash(sections[c.id])
+             or f"exit {c.code}" not in sections[c.id]]
+    assert not stale, f"docs/bad-inputs.md shows another message or exit code for: {stale}"
 
 
 def test_debug_shows_the_traceback(ws):
