@@ -155,6 +155,8 @@ def resume_point(run_dir: RunDir, run: Run | None = None,
     """
     from bench.checkpoints import check_owner, read_checkpoint
 
+    for tmp in run_dir.checkpoints.glob(".*.tmp"):  # left by a kill mid-save (we hold the lock)
+        tmp.unlink(missing_ok=True)
     set_aside = []
     for path in (run_dir.last_checkpoint, run_dir.checkpoints / "last.prev.ckpt",
                  run_dir.checkpoints / "best.ckpt"):

@@ -196,6 +196,7 @@ def test_killed_anywhere_resumes_to_identical_weights_and_metrics(reference_run,
     assert status["state"] == "done" and status["attempts"] == len(kills)
     assert status["resumed_from"]["global_step"] % 6 != 0  # last resumed mid-epoch
     assert not list(rd.checkpoints.glob("*.unreadable"))
+    assert not list(rd.checkpoints.glob(".*.tmp"))  # the temp of the killed save is gone
 
 
 def test_truncated_last_checkpoint_falls_back_and_says_so(reference_run, tmp_path):
