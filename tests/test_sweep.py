@@ -198,7 +198,7 @@ def test_a_failing_or_diverging_trial_fails_alone(tiny_experiment, tmp_path, cap
               RunDir(results / "tiny" / t.user_attrs["run_id"]).status().get("error")
               for t in study.trials}
     assert errors[(2, 0.05)] is None
-    assert errors[(2, 1.0e+30)].startswith("Diverged")
+    assert errors[(2, 1.0e+30)].startswith("diverged: training loss is nan")
     assert "divisible" in errors[(3, 0.05)] and "divisible" in errors[(3, 1.0e+30)]
     assert "failed" in capsys.readouterr().out
 
