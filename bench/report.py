@@ -163,8 +163,8 @@ def fmt_cell(cell: Cell | None, metric: str, digits: int = 2) -> str:
         return "-"
     k = _scale(metric)
     note = cell.incomplete()
-    if cell.mean is None:
-        return note or "missing"
+    if cell.mean is None:  # every run done, none has a value: e.g. no test objects that size
+        return note or "n/a"
     text = f"{cell.mean * k:.{digits}f} ± {cell.std * k:.{digits}f} (n={cell.n})"
     return f"{text} [{note}]" if note else text
 
@@ -254,22 +254,29 @@ def _text(value) -> str:
 
 
 def print_tables(exp: Experiment, records: list[RunRecord], console: Console) -> None:
-    datasets = _datasets(records)
-    header, body = ablation_rows(build_cells(records, ABLATION_METRICS), datasets)
-    table = Table(title=f"{exp.name}: ablation (test metrics in %, mean ± std over seeds)")
-    for i, col in enumerate(header):
-        table.add_column(col, justify="left" if i == 0 else "right")
-    best = [None] + [_best(list(column)) for column in list(zip(*body))[1:]] if body else []
-    for line in body:
-        out = [line[0]]
-        for i, value in enumerate(line[1:], 1):
-            text = _text(value)
-            if isinstance(value, Cell) and value.mean is not None and best[i] is not None \
-                    and value.mean >= best[i] - 1e-12:
-                text = f"[bold green]{text}[/]"
-            out.append(text)
-        table.add_row(*out)
-    console.print(table)
+    cells = build_cells(records, ABLATION_METRICS)
+    any_na = False
+    for dataset in _datasets(records):  # one table per dataset: tasks report different metrics
+        header, body = ablation_rows(cells, [dataset])
+        table = Table(title=f"{exp.name}: ablation on {dataset} (test metrics in %, mean ± std "
+                            f"over seeds)")
+        for i, col in enumerate(header):
+            table.add_column(col, justify="left" if i == 0 else "right")
+        best = [None] + [_best(list(column)) for column in list(zip(*body))[1:]] if body else []
+        for line in body:
+            out = [line[0]]
+            for i, value in enumerate(line[1:], 1):
+                text = _text(value)
+                any_na = any_na or text == "n/a"
+                if isinstance(value, Cell) and value.mean is not None and best[i] is not None \
+                        and value.mean >= best[i] - 1e-12:
+                    text = f"[bold green]{text}[/]"
+                out.append(text)
+            table.add_row(*out)
+        console.print(table)
+    if any_na:
+        console.print("n/a: finished, but no run has a value (an AP bucket with no test objects "
+                      "of that size)", style="dim")
     console.print(_shares_table(exp, records))
     console.print(_costs_table(exp, records))
     states: dict[str, int] = {}
