@@ -643,7 +643,7 @@ def _targets(result: dict) -> list[dict]:
             row = next((r for r in s["rows"] if r["name"] == row_name), None)
             ratio = (row or {}).get("ratio_to_botnet") or {}
             if field in ratio:
-                # the FLOP ratio says how much of a time ratio the math itself asks for
+                # FLOPs as counted (our q/k carry one-hot relative keys: more than the math)
                 bot = next((r for r in s["rows"] if r["name"] == "BottleneckAttn"), None)
                 flops = None
                 if bot and (row.get("train") or {}).get("flops") and bot.get("train"):
@@ -653,7 +653,7 @@ def _targets(result: dict) -> list[dict]:
             worst = max(v[1] for v in values)
             add(key, worst, limit, worst <= limit, ", ".join(
                 f"L={n}: {v:.2f}x" + (f" (fastest repeats: {m:.2f}x)" if m else "")
-                + (f" [{f:.2f}x the FLOPs]" if f and key.startswith("dynamic") else "")
+                + (f" [{f:.2f}x its counted FLOPs]" if f and key.startswith("dynamic") else "")
                 for n, v, m, f in values))
         else:
             add(key, None, limit, None, "not measured")

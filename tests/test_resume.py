@@ -16,10 +16,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _start(exp: Path, results: Path) -> subprocess.Popen:
+def _start(exp: Path, results: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(exp), "--results",
-                             str(results)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             str(results), *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -88,11 +88,14 @@ def test_ctrl_c_saves_marks_interrupted_and_resumes(tiny_experiment, tmp_path):
     assert not (rd.path / "lock").exists()
 
 
-def test_two_processes_train_every_run_exactly_once(tiny_experiment, tmp_path):
+@pytest.mark.parametrize("second_args", [(), ("--shard", "0/2")], ids=["same", "overlapping-shard"])
+def test_two_processes_train_every_run_exactly_once(tiny_experiment, tmp_path, second_args):
+    """Two `run` processes on one matrix (or the whole matrix and one shard of it, which
+    overlap): each run is trained exactly once, both processes finish cleanly."""
     exp = tiny_experiment(trainer={"max_epochs": 2},
                           matrix={"model.fusion": ["conv", "unary", "sum"], "seed": [0, 1]})
     results = tmp_path / "results"
-    first, second = _start(exp, results), _start(exp, results)
+    first, second = _start(exp, results), _start(exp, results, *second_args)
     outs = [p.communicate(timeout=900)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outs
     runs = run_dirs(results, "tiny")
