@@ -83,6 +83,16 @@ def _allowed(options) -> str:
     return ", ".join(str(o) for o in options)
 
 
+def check_keys(where: str, mapping: dict, allowed, what: str = "unknown key") -> None:
+    """ConfigError naming the first key of `mapping` not in `allowed` ("<where>.<key>"), with a
+    did-you-mean and the allowed keys."""
+    for key in mapping:
+        if key not in allowed:
+            path = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"{path}: {what}{_closest(key, allowed)}; allowed: "
+                              f"{_allowed(allowed)}")
+
+
 def _type_name(value) -> str:
     return {bool: "bool", int: "int", float: "float", str: "string", list: "list",
             dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
@@ -290,10 +300,7 @@ def experiment_from_dict(raw, path: Path | None = None, overrides=(), only=()) -
     if not isinstance(raw, dict):
         raise ConfigError(f"{path or 'experiment'}: expected a mapping at the top level, got "
                           f"{_type_name(raw)}")
-    for key in raw:
-        if key not in TOP_LEVEL:
-            raise ConfigError(f"{key}: unknown top-level key{_closest(key, TOP_LEVEL)}; allowed: "
-                              f"{_allowed(TOP_LEVEL)}")
+    check_keys("", raw, TOP_LEVEL, "unknown top-level key")
     name = raw.get("name") or (path.stem if path else None)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"name: {name!r} must be a string of letters, digits, - and _")

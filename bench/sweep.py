@@ -20,7 +20,6 @@ Nothing here imports torch or optuna at module import: the config loader calls v
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import math
@@ -34,7 +33,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.config import ConfigError, Experiment, Run, resolve, run_id, set_dotted
+from bench.config import (ConfigError, Experiment, Run, _closest, check_keys, resolve, run_id,
+                          set_dotted)
 from bench.data import DATASETS
 from bench.store import RunDir, experiment_dir, write_atomic
 from bench.tasks import TASKS
@@ -64,9 +64,6 @@ UNCLAIMED_GRACE_S = 120
 
 
 # --- the sweep: section -----------------------------------------------------------------------
-def _closest(word, options) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _is_number(value) -> bool:
@@ -121,10 +118,7 @@ def _param_spec(key: str, spec, base_value) -> dict:
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a list of choices or a mapping with low/high "
                           f"(float or int) or choices, got {spec!r}")
-    for k in spec:
-        if k not in PARAM_KEYS:
-            raise ConfigError(f"{where}.{k}: unknown key{_closest(k, PARAM_KEYS)}; allowed: "
-                              f"{', '.join(PARAM_KEYS)}")
+    check_keys(where, spec, PARAM_KEYS)
     kind = spec.get("type")
     if kind is None:  # inferred: choices, or ints on an int key, else float
         if "choices" in spec:
@@ -221,10 +215,7 @@ def validate_sweep(sweep, runs: list[Run]) -> dict:
     if not isinstance(sweep, dict):
         raise ConfigError(f"sweep: expected a mapping with params, trials, sampler, pruner, got "
                           f"{sweep!r}")
-    for key in sweep:
-        if key not in SWEEP_KEYS:
-            raise ConfigError(f"sweep.{key}: unknown key{_closest(key, SWEEP_KEYS)}; allowed: "
-                              f"{', '.join(SWEEP_KEYS)}")
+    check_keys("sweep", sweep, SWEEP_KEYS)
     params = sweep.get("params")
     if not isinstance(params, dict) or not params:
         raise ConfigError("sweep.params: expected a mapping of dotted config keys to their range, "
