@@ -18,6 +18,7 @@ import lesa
 from lesa import FUSIONS, BinaryTerm, LESA2d
 from lesa.binary import attend_with_sink, fused_sdpa
 from lesa.window import WindowedBinaryTerm
+from test_lesa_math import randomize_bn
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 C, HEADS, MAX = 32, 4, 12  # q/k dim 4, v dim 8 per head
@@ -336,16 +337,8 @@ def test_windowed_attend_stays_on_the_fused_cpu_kernel(diagonal):
 # ---------------------------------------------------------------- strategies with a window
 
 def _randomize_bn(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            with torch.no_grad():
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.3 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-    return module.eval()
+    """test_lesa_math's non-trivial BatchNorm statistics, in eval mode (running stats used)."""
+    return randomize_bn(module, seed).eval()
 
 
 @pytest.mark.parametrize("fusion", ATTENTION)
