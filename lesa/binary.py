@@ -253,10 +253,11 @@ class BinaryTerm(nn.Module):
         return (q * (k * self.qk_dim**-0.5 + at_zero)).sum(-1, keepdim=True)
 
     def merge(self, heads_out: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(B, heads, L, dv) -> BN(concat heads) as (B, C, H, W)."""
-        b = heads_out.shape[0]
-        y = heads_out.transpose(1, 2).reshape(b, height, width, -1).permute(0, 3, 1, 2)
-        return self.out_bn(y)
+        """(B, heads, L, dv) -> BN(concat heads) as (B, C, H, W), in one copy to the standard
+        (contiguous) layout: a channels-last result would send the BN and every later op of
+        the block (the gate, the fusion's sums) to slower mixed-layout kernels."""
+        b, heads, _, dv = heads_out.shape
+        return self.out_bn(heads_out.transpose(2, 3).reshape(b, heads * dv, height, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]

@@ -186,11 +186,11 @@ class DynamicFusion(AttentionFusion):
 
     def __init__(self, channels, *, heads=8, stride=1, dilation=1, max_size=64, window=None):
         super().__init__(channels, heads=heads, stride=stride, max_size=max_size, window=window)
-        self.gate = nn.Sequential(
-            nn.ReLU(),
+        self.gate = nn.Sequential(  # in-place ReLUs: on the fresh cat and BN outputs
+            nn.ReLU(inplace=True),
             nn.Conv2d(2 * channels, channels, 1, bias=False),
             nn.BatchNorm2d(channels),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, 1, bias=False),
             nn.BatchNorm2d(channels),
             nn.Sigmoid(),
@@ -201,4 +201,4 @@ class DynamicFusion(AttentionFusion):
         b = self.binary(x)
         omega = self.gate(torch.cat([u, b], dim=1))
         share = (1.0 / (1.0 + omega.detach())).mean() if self.record_shares else None
-        return u + omega * b, share
+        return torch.addcmul(u, omega, b), share  # u + omega * b in one pass

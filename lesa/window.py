@@ -80,19 +80,20 @@ class WindowedBinaryTerm(BinaryTerm):
 
     def _unblock(self, t: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
         """(B * heads, blocks, window^2, c) -> (B, heads, L, c), in one copy whose memory is
-        laid out (B, L, heads, c), the layout `merge` wants (so merge copies nothing)."""
+        laid out (B, heads, c, L), so that `merge` gets the standard (B, C, H, W) layout
+        without copying."""
         b = self.window
         n_h, n_w = self._grid(height, width)
         c = t.shape[-1]
-        t = t.view(batch, self.heads, n_h, n_w, b, b, c).permute(0, 2, 4, 3, 5, 1, 6)
-        t = t.reshape(batch, n_h * b, n_w * b, self.heads, c)
+        t = t.view(batch, self.heads, n_h, n_w, b, b, c).permute(0, 1, 6, 2, 4, 3, 5)
+        t = t.reshape(batch, self.heads, c, n_h * b, n_w * b)
         return self._crop(t, height, width)
 
     def _crop(self, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(B, Hp, Wp, heads, c) -> (B, heads, L, c) (a transposed view of (B, L, heads, c))."""
-        if t.shape[1] != height or t.shape[2] != width:
-            t = t[:, :height, :width].reshape(t.shape[0], height, width, *t.shape[3:])
-        return t.flatten(1, 2).transpose(1, 2)
+        """(B, heads, c, Hp, Wp) -> (B, heads, L, c) (a transposed view of (B, heads, c, L))."""
+        if t.shape[-2] != height or t.shape[-1] != width:
+            t = t[..., :height, :width]
+        return t.reshape(*t.shape[:3], height * width).transpose(2, 3)
 
     def _key_mask(self, height: int, width: int, like: torch.Tensor, diagonal: bool):
         """Float mask (1, blocks, window^2 or 1, win^2): -inf for keys outside the map and, with
@@ -233,8 +234,8 @@ class WindowedBinaryTerm(BinaryTerm):
         per_chunk = max(1, self.chunk_bytes // row_bytes)
         rows = min(n_h, per_chunk)
         items = min(batch, max(1, per_chunk // n_h)) if rows == n_h else 1
-        out = v.new_empty(batch, n_h * b, n_w * b, heads, dv)
-        a_ii = v.new_empty(batch, n_h * b, n_w * b, heads, 1) if diagonal == "report" else None
+        out = v.new_empty(batch, heads, dv, n_h * b, n_w * b)
+        a_ii = v.new_empty(batch, heads, 1, n_h * b, n_w * b) if diagonal == "report" else None
         for i0 in range(0, batch, items):
             i1 = min(batch, i0 + items)
             for r0 in range(0, n_h, rows):
@@ -290,9 +291,10 @@ class WindowedBinaryTerm(BinaryTerm):
         return out, (torch.cat(diags, dim=1) if diagonal == "report" else None)
 
     def _place(self, dest: torch.Tensor, part: torch.Tensor, i0: int, i1: int, r0: int, r1: int):
-        """Write ((i1 - i0) * heads, rows * n_w, window^2, c) into dest (B, Hp, Wp, heads, c)."""
+        """Write ((i1 - i0) * heads, rows * n_w, window^2, c) into dest (B, heads, c, Hp, Wp)."""
         b = self.window
-        n_w = dest.shape[2] // b
+        n_w = dest.shape[-1] // b
         c = part.shape[-1]
-        part = part.view(i1 - i0, self.heads, r1 - r0, n_w, b, b, c).permute(0, 2, 4, 3, 5, 1, 6)
-        dest[i0:i1, r0 * b : r1 * b].view(i1 - i0, r1 - r0, b, n_w, b, self.heads, c).copy_(part)
+        part = part.view(i1 - i0, self.heads, r1 - r0, n_w, b, b, c).permute(0, 1, 6, 2, 4, 3, 5)
+        dest[i0:i1, ..., r0 * b : r1 * b, :].view(
+            i1 - i0, self.heads, c, r1 - r0, b, n_w, b).copy_(part)

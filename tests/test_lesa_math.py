@@ -236,7 +236,9 @@ def test_dynamic_is_u_plus_omega_b_with_a_real_gate():
     dyn = make("dynamic", seed=8)
     x = torch.randn(1, C, 5, 5)
     seen = {}
-    dyn.fusion.gate.register_forward_hook(lambda m, i, o: seen.update(omega=o, z=i[0]))
+    # the gate's first ReLU works in place on its input: keep a copy of what came in
+    dyn.fusion.gate.register_forward_pre_hook(lambda m, i: seen.update(z=i[0].clone()))
+    dyn.fusion.gate.register_forward_hook(lambda m, i, o: seen.update(omega=o))
     y = dyn(x)
     u = dyn.fusion.unary(x)
     b = ref_attention(dyn.fusion.binary, x)[0]
