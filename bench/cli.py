@@ -30,6 +30,26 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
                    help="results directory (default: results/)")
 
 
+def _add_best_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--best-params", action="store_true",
+                   help="the matrix with each strategy's best sweep parameters (see `sweep`)")
+
+
+def _load(args, console: Console):
+    """The experiment the command works on: the file with --set/--only, and with --best-params
+    each strategy's best sweep parameters (so run, status and report see the same runs)."""
+    from bench.config import load_experiment
+
+    exp = load_experiment(args.experiment, args.set, args.only)
+    if getattr(args, "best_params", False):
+        from bench.sweep import apply_best_params
+
+        # an export printed to stdout stays parseable: the "best ..." lines go to stderr
+        exporting = getattr(args, "format", None) and not getattr(args, "output", None)
+        exp = apply_best_params(exp, args.results, Console(stderr=True) if exporting else console)
+    return exp
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lesa-bench", description="Benchmark LESA fusion strategies: train an experiment "
@@ -45,14 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", "-j", type=int, default=1,
                    help="train this many runs at once in worker processes (default 1; on a "
                    "CPU, N single-threaded workers beat one N-threaded process on small models)")
-    p.add_argument("--best-params", action="store_true",
-                   help="apply each strategy's best sweep parameters (see `sweep`)")
+    _add_best_params(p)
 
     p = sub.add_parser("status", help="each run's state and progress")
     _add_selection(p)
+    _add_best_params(p)
 
     p = sub.add_parser("report", help="ablation, shares and cost tables")
     _add_selection(p)
+    _add_best_params(p)
     p.add_argument("--format", choices=["md", "csv", "latex", "json"],
                    help="print the tables in this format instead of rich tables")
     p.add_argument("--output", "-o", type=Path, help="write the export to this file")
@@ -93,13 +114,9 @@ def _install_sigterm() -> None:
 
 
 def cmd_run(args, console: Console) -> int:
-    from bench.config import load_experiment, shard
+    from bench.config import shard
 
-    exp = load_experiment(args.experiment, args.set, args.only)
-    if args.best_params:
-        from bench.sweep import apply_best_params
-
-        exp = apply_best_params(exp, args.results, console)
+    exp = _load(args, console)
     runs = shard(exp.runs, args.shard)
     if args.dry_run:
         from bench.report import print_status
@@ -115,10 +132,9 @@ def cmd_run(args, console: Console) -> int:
 
 
 def cmd_status(args, console: Console) -> int:
-    from bench.config import load_experiment
     from bench.report import print_status
 
-    exp = load_experiment(args.experiment, args.set, args.only)
+    exp = _load(args, console)
     print_status(exp, exp.runs, args.results, console)
     if exp.sweep:
         from bench.sweep import trial_runs
@@ -129,10 +145,9 @@ def cmd_status(args, console: Console) -> int:
 
 
 def cmd_report(args, console: Console) -> int:
-    from bench.config import load_experiment
     from bench import report
 
-    exp = load_experiment(args.experiment, args.set, args.only)
+    exp = _load(args, console)
     if args.sweep:
         from bench.sweep import print_sweep_report
 

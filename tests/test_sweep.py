@@ -5,6 +5,7 @@ Studies are read back from the journal with Optuna itself, so the tests check wh
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -182,6 +183,21 @@ def test_six_trial_sweep_runs_trials_as_runs_and_resumes_to_the_budget(tiny_expe
             assert run.id == trial.user_attrs["run_id"]
     assert main(["run", str(exp), "--results", str(results), "--best-params", "--dry-run"]) == 0
     assert "done: 2" in capsys.readouterr().out
+    # status and report see the same tuned matrix: the best trials' runs are its seed-0 cells,
+    # while the file's own (untuned) matrix has nothing done
+    assert main(["status", str(exp), "--results", str(results), "--best-params"]) == 0
+    assert "done: 2" in capsys.readouterr().out
+    for flags, n_done in (([], 0), (["--best-params"], 2)):
+        assert main(["report", str(exp), "--results", str(results), "--format", "json",
+                     *flags]) == 0
+        captured = capsys.readouterr()
+        exported = json.loads(captured.out[captured.out.index("{"):])
+        assert exported["states"].get("done", 0) == n_done, (flags, exported["states"])
+        if n_done:
+            done = {c["strategy"] for c in exported["cells"]
+                    if c["metric"] == "test/acc1" and c["n"]}
+            assert done == {"conv", "sum"}
+    assert "best conv" in captured.err  # the tuned parameters, kept out of the JSON on stdout
     print(f"6-trial sweep: {elapsed:.1f}s")
 
 
