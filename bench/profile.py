@@ -316,6 +316,8 @@ def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
     core.result["useful_flops_infer"] = 2 * b * heads * length * length * (d + h + w + dv)
     core.result["sdpa_width"] = width
     rows.append(core)
+    rows.append(_tensor_row(torch, "core: explicit bias", "core:explicit",
+                            lambda q, k, v: explicit_attend(term, q, k, v, h, w), [q, k, v]))
     qs, ks, vs = (torch.randn(b, heads, length, width, generator=gen).to(device=device,
                                                                           dtype=dtype)
                   for _ in range(3))
@@ -323,6 +325,21 @@ def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
                             lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
                             [qs, ks, vs]))
     return rows
+
+
+def explicit_attend(term, q, k, v, height: int, width: int):
+    """The binary term's attention (diagonal kept) the BoTNet way, for comparison with the fused
+    core: L x L logits q k^T / sqrt(d) at the real width d, the relative logits added on a
+    (H, W) view of the key axis, softmax, @ v. Fewer FLOPs than the widened SDPA call
+    (d + dv against twice d + H + W per query-key pair) but O(L^2) memory: the suite does not
+    use it (see lesa/binary.py), the profile times it so the trade-off is measured."""
+    import torch
+
+    b, heads, length, d = q.shape
+    by_row, by_col = term.rel(q, height, width)
+    logits = torch.matmul(q * d**-0.5, k.transpose(-1, -2)).view(b, heads, length, height, width)
+    logits = logits + by_row.unsqueeze(-1) + by_col.unsqueeze(-2)
+    return torch.softmax(logits.view(b, heads, length, length), dim=-1) @ v
 
 
 def _matmul_row(torch, n, device, dtype):
