@@ -27,11 +27,17 @@ sliced off; 1/sqrt(d) is SDPA's `scale` (the relative logits are divided by it o
 tables). "mask" adds a rank-4 float mask without grad and "report" one sink key: both stay on the
 fused kernel, forward and backward. Measured on the 2-core CPU (B=8, C=256, 8 heads, fwd+bwd of
 attend, ratios in one process): the old unequal-width call (math path) took 2.0-2.3x the time
-of this one at L=1024 in all three modes; an explicit L x L bias (q k^T / sqrt(d) + gathered
-table logits, softmax, @ v) took 1.35x at L=256 and 2x at L=1024, and needs O(L^2) memory
-(4.3 GB per tensor at L=4096). No size was found where an alternative wins, so there is no
-dispatch. The cost that remains is the width: d + H + W (144 at 64x64) against BoTNet's 32; for
-large maps use the windowed term (lesa/window.py).
+of this one at L=1024 in all three modes. The explicit alternative, BoTNet's way (q k^T at the
+real width, relative logits added on a (H, W) view of the key axis, softmax, @ v; the profile's
+"core: explicit bias" row), does fewer FLOPs but builds L x L tensors (2.5-4.3x the fused core's
+memory), and whether it is faster depends on the allocator: fwd+bwd, explicit / fused, was 0.84x
+at L=256 and 2.1x at L=1024 with glibc's default malloc (large freed buffers go back to the OS
+and are page-faulted in again every step), 0.87x and 0.71x with freed memory kept for reuse
+(MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000, as jemalloc/tcmalloc or a GPU caching
+allocator behave). The fused path is kept everywhere for its memory and its steadiness; a
+dispatch to the explicit path for small maps is the open speed-up. The cost that remains is the
+width: d + H + W (144 at 64x64) against BoTNet's 32, and v padded to it; for large maps use the
+windowed term (lesa/window.py).
 """
 from __future__ import annotations
 
