@@ -29,7 +29,7 @@ fused kernel, forward and backward. Measured on the 2-core CPU (B=8, C=256, 8 he
 attend, ratios in one process): the old unequal-width call (math path) took 2.0-2.3x the time
 of this one at L=1024 in all three modes. The explicit alternative, BoTNet's way (q k^T at the
 real width, relative logits added on a (H, W) view of the key axis, softmax, @ v; the profile's
-"core: explicit bias" row), does fewer FLOPs but builds L x L tensors (2.5-4.3x the fused core's
+"core: explicit bias" row), does fewer FLOPs but builds L x L tensors (2.3-4.3x the fused core's
 memory), and whether it is faster depends on the allocator: fwd+bwd, explicit / fused, was 0.84x
 at L=256 and 2.1x at L=1024 with glibc's default malloc (large freed buffers go back to the OS
 and are page-faulted in again every step), 0.87x and 0.71x with freed memory kept for reuse
