@@ -7,7 +7,9 @@ For each shape B,C,H,W (default: B=8, C=256 at 16x16, 32x32 and 64x64, i.e. L = 
                 and `dynamic` with the windowed binary term (lesa/window.py, --window)
     peers       timm.layers BottleneckAttn (BoTNet: global attention with 2-D relative logits)
                 and HaloAttn (blocked local attention; same block and halo as --window)
-    core        BinaryTerm.attend alone (the attention core, on random q, k, v)
+    core        BinaryTerm.attend alone (the attention core, on random q, k, v): the path the
+                suite takes on the device (on CPU the chunked explicit one, lesa/chunked.py), the
+                same with recompute=True, and the fused SDPA path (the one off CPU)
     ceilings    scaled_dot_product_attention without a mask on the q/k/v shapes the core feeds
                 it, and a square matmul (--matmul-size)
 
@@ -304,20 +306,29 @@ def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
                 halo_size=window // 2), x, device, dtype))
         else:
             notes.append(f"HaloAttn skipped at {h}x{w}: not a multiple of its block {window}")
-    # the attention core and the SDPA ceiling on the very shapes the core feeds SDPA
-    term = BinaryTerm(c, heads, max_size).to(device=device, dtype=dtype)
-    d, dv, length = term.qk_dim, term.v_dim, h * w
+    # the attention core (the path the suite takes on this device, and the other one) and the
+    # SDPA ceiling on the very shapes the fused path feeds SDPA
+    d, dv, length = BinaryTerm(c, heads, max_size).qk_dim, c // heads, h * w
     q, k = (torch.randn(b, heads, length, d, generator=gen).to(device=device, dtype=dtype)
             for _ in range(2))
     v = torch.randn(b, heads, length, dv, generator=gen).to(device=device, dtype=dtype)
-    core = _tensor_row(torch, "core: attend", "core",
-                       lambda q, k, v: term.attend(q, k, v, h, w)[0], [q, k, v])
     width = _round_up(max(d + h + w, dv), 8)
-    core.result["useful_flops_infer"] = 2 * b * heads * length * length * (d + h + w + dv)
-    core.result["sdpa_width"] = width
-    rows.append(core)
-    rows.append(_tensor_row(torch, "core: explicit bias", "core:explicit",
-                            lambda q, k, v: explicit_attend(term, q, k, v, h, w), [q, k, v]))
+    widened = 2 * b * heads * length * length * (d + h + w + dv)  # the fused path's dot products
+    explicit = 2 * b * heads * length * length * (d + dv)  # q k^T and a v at the real widths
+    cores = [("core: attend", "core", "auto", False),
+             ("core: attend, recompute", "core:recompute", "chunked", True),
+             ("core: fused SDPA", "core:sdpa", "sdpa", False)]
+    for name, kind, kernel, recompute in cores:
+        term = BinaryTerm(c, heads, max_size).to(device=device, dtype=dtype)
+        term.kernel, term.recompute = kernel, recompute
+        if kind == "core:recompute" and term.uses_sdpa(q):
+            continue  # off CPU "auto" is the fused path: no chunked row to compare
+        row = _tensor_row(torch, name, kind,
+                          lambda q, k, v, term=term: term.attend(q, k, v, h, w)[0], [q, k, v])
+        row.result["path"] = "fused SDPA" if term.uses_sdpa(q) else "chunked explicit"
+        row.result["useful_flops_infer"] = widened if term.uses_sdpa(q) else explicit
+        row.result["sdpa_width"] = width if term.uses_sdpa(q) else None
+        rows.append(row)
     qs, ks, vs = (torch.randn(b, heads, length, width, generator=gen).to(device=device,
                                                                           dtype=dtype)
                   for _ in range(3))
@@ -325,21 +336,6 @@ def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
                             lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
                             [qs, ks, vs]))
     return rows
-
-
-def explicit_attend(term, q, k, v, height: int, width: int):
-    """The binary term's attention (diagonal kept) the BoTNet way, for comparison with the fused
-    core: L x L logits q k^T / sqrt(d) at the real width d, the relative logits added on a
-    (H, W) view of the key axis, softmax, @ v. Fewer FLOPs than the widened SDPA call
-    (d + dv against twice d + H + W per query-key pair) but O(L^2) memory: the suite does not
-    use it (see lesa/binary.py), the profile times it so the trade-off is measured."""
-    import torch
-
-    b, heads, length, d = q.shape
-    by_row, by_col = term.rel(q, height, width)
-    logits = torch.matmul(q * d**-0.5, k.transpose(-1, -2)).view(b, heads, length, height, width)
-    logits = logits + by_row.unsqueeze(-1) + by_col.unsqueeze(-2)
-    return torch.softmax(logits.view(b, heads, length, length), dim=-1) @ v
 
 
 def _matmul_row(torch, n, device, dtype):
@@ -683,9 +679,11 @@ def _targets(result: dict) -> list[dict]:
             core = next((r for r in s["rows"] if r["kind"] == "core"), None)
     if core and (core.get("pct_of_ceiling") or {}).get("infer_matmul") is not None:
         pct = core["pct_of_ceiling"]["infer_matmul"]
-        add("core_vs_matmul", pct, 50.0, pct >= 50.0,
-            f"FlopCounterMode FLOPs (zero padding of v included); without the padding "
-            f"{core['pct_useful_of_matmul_infer']:.0f}%")
+        detail = f"{core.get('path', '?')} path, FlopCounterMode FLOPs"
+        if core.get("sdpa_width"):
+            detail += (f" (zero padding of v included); without the padding "
+                       f"{core['pct_useful_of_matmul_infer']:.0f}%")
+        add("core_vs_matmul", pct, 50.0, pct >= 50.0, detail)
     else:
         add("core_vs_matmul", None, 50.0, None, "not measured (needs L = 4096)")
     scan = [e for e in result.get("window") or [] if e["module"] == "WindowedBinaryTerm"]

@@ -19,32 +19,31 @@ and s_ij = q'_i . k'_j exactly. The diagonal weight a_ii (needed by `softmax` an
 report of `sa`) comes out of the same SDPA call via one extra "sink" key whose logit for query i
 is s_ii and whose value is a unit channel: the sink's weight is a_ii / (1 + a_ii).
 
-Speed (see bench/profile.py). torch's fused CPU attention kernel (and the GPU flash kernel) needs
-q/k and v of one head width; with unequal widths SDPA silently takes its math path, which builds
-the L x L weights. So `attend` builds q', k', v' at one common width, a multiple of 8, each in a
-single cat (`_operands`): zero channels change no dot product and give output channels that are
-sliced off; 1/sqrt(d) is SDPA's `scale` (the relative logits are divided by it on the small
-tables). "mask" adds a rank-4 float mask without grad and "report" one sink key: both stay on the
-fused kernel, forward and backward. Measured on the 2-core CPU (B=8, C=256, 8 heads, fwd+bwd of
-attend, ratios in one process): the old unequal-width call (math path) took 2.0-2.3x the time
-of this one at L=1024 in all three modes. The explicit alternative, BoTNet's way (q k^T at the
-real width, relative logits added on a (H, W) view of the key axis, softmax, @ v; the profile's
-"core: explicit bias" row), does fewer FLOPs but builds L x L tensors (2.3-4.3x the fused core's
-memory), and whether it is faster depends on the allocator: fwd+bwd, explicit / fused, was 0.84x
-at L=256 and 2.1x at L=1024 with glibc's default malloc (large freed buffers go back to the OS
-and are page-faulted in again every step), 0.87x and 0.71x with freed memory kept for reuse
-(MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000, as jemalloc/tcmalloc or a GPU caching
-allocator behave). A dispatch of small maps to the explicit path was tried and dropped: inside
-the whole sa / dynamic block at L=256 it took 1.45x / 1.24x the time with glibc's defaults (the
-16 MB logits page-fault in every call) and 1.02x with freed memory kept. The cost that remains
-is the width: d + H + W (144 at 64x64) against BoTNet's 32, and v padded to it; for large maps
-use the windowed term (lesa/window.py).
+Two paths (`BinaryTerm.kernel`, "auto" picks by device):
+
+- CPU: lesa/chunked.py, explicit logits at the real head width in cache-sized chunks (BoTNet's
+  math without its L x L tensors for the whole batch), a custom autograd Function for the
+  backward. Measured on the 2-core CPU against the fused call below (fwd+bwd of the attention,
+  B=8, C=256, 8 heads): 0.6-0.7x its time at L = 1024 and 0.35-0.45x at L = 4096; see the
+  README's performance section.
+- elsewhere (GPU): one `scaled_dot_product_attention` call, so the fused (flash /
+  memory-efficient) kernels apply. torch's fused kernels need q/k and v of one head width; with
+  unequal widths SDPA silently takes its math path, which builds the L x L weights. So
+  `_operands` builds q', k', v' at one common width, a multiple of 8, each in a single cat:
+  zero channels change no dot product and give output channels that are sliced off;
+  1/sqrt(d) is SDPA's `scale` (the relative logits are divided by it on the small tables).
+  "mask" adds a rank-4 float mask without grad and "report" one sink key: both stay on the
+  fused kernel, forward and backward. The cost is the width, d + H + W (144 at 64x64) against
+  the real 16, with v padded to it: 2.5-5x the FLOPs of the explicit path, which is why the CPU
+  does not use it. For large maps use the windowed term (lesa/window.py).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .chunked import relative_attention
 
 
 class RelativePosition2d(nn.Module):
@@ -195,11 +194,20 @@ class BinaryTerm(nn.Module):
         k_wide = torch.cat([k, onehots], dim=-1)
         return q_wide, k_wide
 
+    kernel = "auto"  # "auto": chunked explicit on CPU, fused SDPA elsewhere; or "sdpa"/"chunked"
+    recompute = False  # chunked path: rebuild the softmax weights in backward (lesa/chunked.py)
+
+    def uses_sdpa(self, q: torch.Tensor) -> bool:
+        if self.kernel not in ("auto", "sdpa", "chunked"):
+            raise ValueError(f"kernel must be auto, sdpa or chunked, not {self.kernel!r}")
+        return self.kernel == "sdpa" or (self.kernel == "auto" and q.device.type != "cpu")
+
     def attend(self, q, k, v, height: int, width: int, diagonal: str = "keep"):
         """Attention output per head (B, heads, L, dv) and, if asked, the diagonal weights a_ii.
 
         diagonal: "keep" (plain attention), "mask" (j = i removed, renormalised over j != i),
-        or "report" (plain attention plus a_ii (B, heads, L) from the same SDPA call).
+        or "report" (plain attention plus a_ii (B, heads, L) from the same call). On CPU the
+        chunked explicit path (lesa/chunked.py), elsewhere one fused SDPA call (`kernel`).
         """
         if diagonal not in ("keep", "mask", "report"):
             raise ValueError(f"diagonal must be keep, mask or report, not {diagonal!r}")
@@ -208,6 +216,10 @@ class BinaryTerm(nn.Module):
             # nothing is left after removing j = i: the empty sum is 0 (fused kernels on some
             # devices give NaN for a fully masked row)
             return v * 0.0, None
+        if not self.uses_sdpa(q):
+            by_row, by_col = self.rel(q, height, width)
+            return relative_attention(q, k, v, by_row, by_col, height, width,
+                                      self.qk_dim**-0.5, diagonal, self.recompute)
         mask = None
         if diagonal == "mask":
             # rank-4 float mask without grad: keeps SDPA on its fused CPU kernel

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import lesa
 from lesa import FUSIONS, BinaryTerm, LESA2d
 from lesa.binary import attend_with_sink, fused_sdpa
+from lesa.chunked import relative_attention
 from lesa.window import WindowedBinaryTerm
 from test_lesa_math import randomize_bn
 
@@ -161,20 +162,27 @@ def test_attend_with_sink_gives_attention_and_its_diagonal():
 
 # ---------------------------------------------------------------- global binary term
 
+KERNELS = [("sdpa", False), ("chunked", False), ("chunked", True)]  # (kernel, recompute)
+
+
+@pytest.mark.parametrize("kernel,recompute", KERNELS)
 @pytest.mark.parametrize("diagonal", MODES)
 @pytest.mark.parametrize("b,h,w", [(1, 4, 4), (2, 5, 7), (1, 1, 6), (2, 12, 3)])
-def test_global_attend_forward_and_gradients(diagonal, b, h, w):
+def test_global_attend_forward_and_gradients(diagonal, b, h, w, kernel, recompute):
     torch.manual_seed(h * 7 + w)
     term = BinaryTerm(C, HEADS, max_size=MAX)
+    term.kernel, term.recompute = kernel, recompute
     leaves = qkv(b, h * w, seed=h + w)
     fast = grads_of(lambda: term.attend(*leaves, h, w, diagonal), leaves, term)
     ref = grads_of(lambda: ref_attend(term, *leaves, h, w, diagonal), leaves, term)
     assert_same(fast, ref)
 
 
-def test_global_report_when_self_attention_dominates():
+@pytest.mark.parametrize("kernel,recompute", KERNELS)
+def test_global_report_when_self_attention_dominates(kernel, recompute):
     torch.manual_seed(0)
     term = BinaryTerm(C, HEADS, max_size=MAX)
+    term.kernel, term.recompute = kernel, recompute
     q, k, v = qkv(1, 12, seed=4)
     with torch.no_grad():
         k.copy_(q * 6.0)  # a_ii close to 1: the sink carries about half the mass
@@ -189,11 +197,58 @@ def test_global_attend_stays_on_the_fused_cpu_kernel(diagonal):
     """Unequal q/k and v widths (or a rank-3 or grad-requiring mask) would silently send SDPA
     to its math path, which builds the L x L weights; the padding keeps the fused kernel."""
     term = BinaryTerm(C, HEADS, max_size=MAX)
+    term.kernel = "sdpa"  # the path off CPU ("auto" takes the chunked path on CPU)
     q, k, v = qkv(2, 20, seed=1)
     out, _ = term.attend(q, k, v, 4, 5, diagonal)
     nodes = autograd_nodes(out)
     assert "ScaledDotProductFlashAttentionForCpuBackward0" in nodes, sorted(nodes)
     assert not {"SoftmaxBackward0", "SafeSoftmaxBackward0"} & nodes, sorted(nodes)
+
+
+# ---------------------------------------------------------------- chunked explicit path
+
+@pytest.mark.parametrize("diagonal", MODES)
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("chunk_bytes", [1, 5 * 4 * 35, 3 * 7 * 4 * 35])  # 1 row; 5 rows; 3 x 7
+def test_chunked_attention_in_uneven_chunks(diagonal, recompute, chunk_bytes):
+    """Chunks of one query row, of 5 rows (the last one ragged), and of 3 (batch x head)
+    entries x 7 rows: the same numbers as the reference, forward and gradients."""
+    torch.manual_seed(3)
+    term = BinaryTerm(C, HEADS, max_size=MAX)
+    leaves = qkv(2, 35, seed=5)
+
+    def fast():
+        by_row, by_col = term.rel(leaves[0], 5, 7)
+        return relative_attention(*leaves, by_row, by_col, 5, 7, term.qk_dim**-0.5, diagonal,
+                                  recompute, chunk_bytes)
+
+    assert_same(grads_of(fast, leaves, term),
+                grads_of(lambda: ref_attend(term, *leaves, 5, 7, diagonal), leaves, term))
+
+
+def test_chunked_attention_keeps_probabilities_unless_recompute():
+    term = BinaryTerm(C, HEADS, max_size=MAX)
+    q, k, v = qkv(2, 20, seed=1)
+    out, _ = term.attend(q, k, v, 4, 5)
+    assert "_RelativeAttentionBackward" in autograd_nodes(out)  # "auto" on CPU
+    node = out.grad_fn.next_functions[0][0]  # out is a view of the Function's output
+    kept = node.kept  # the autograd node is the Function's ctx
+    assert sum(p.numel() for p in kept) == 2 * HEADS * 20 * 20
+    term.recompute = True
+    out, _ = term.attend(q, k, v, 4, 5)
+    assert out.grad_fn.next_functions[0][0].kept is None
+    out.sum().backward()  # rebuilt in the backward pass
+    assert q.grad.abs().sum() > 0
+    with torch.no_grad():  # inference keeps nothing either way
+        term.recompute = False
+        assert term.attend(q, k, v, 4, 5)[0].grad_fn is None
+
+
+def test_unknown_kernel_is_a_clear_error():
+    term = BinaryTerm(C, HEADS, max_size=MAX)
+    term.kernel = "flash"
+    with pytest.raises(ValueError, match="kernel must be auto, sdpa or chunked"):
+        term.attend(*qkv(1, 4), 2, 2)
 
 
 # ---------------------------------------------------------------- windowed binary term
