@@ -7,7 +7,7 @@ RelativePosition2d.) This is BoTNet's formulation, at the real head width, but n
 L x L tensor for the whole batch: the logits of a chunk of (batch x head) entries and query rows
 (`chunk_bytes`, 8 MiB) are built in one buffer, the relative logits first (one broadcast add on
 the (H, W) view of the key axis) and q k^T accumulated onto them in the same GEMM
-(`baddbmm_`), then a softmax in place and one GEMM with v. A custom autograd Function does the
+(`baddbmm`), then a softmax in place and one GEMM with v. A custom autograd Function does the
 backward chunk by chunk with the same buffers.
 
 Why not one fused `scaled_dot_product_attention` call here (the GPU path, lesa/binary.py)? It
@@ -67,7 +67,7 @@ def _probabilities(buf, q_s, kt, by_row, by_col, start: int, height: int, width:
     """softmax over keys of the chunk's logits, written into buf (entries, rows, L)."""
     entries, rows = buf.shape[:2]
     torch.add(by_row[..., None], by_col[..., None, :], out=buf.view(entries, rows, height, width))
-    buf.baddbmm_(q_s, kt)
+    torch.baddbmm(buf, q_s, kt, out=buf)  # in place (out= rather than baddbmm_: FLOPs counted)
     if mask:
         buf.diagonal(offset=start, dim1=1, dim2=2).fill_(float("-inf"))
     return _softmax_out(buf, -1, False, out=buf)
@@ -139,9 +139,9 @@ class _RelativeAttention(torch.autograd.Function):
             if g_diag is not None:
                 dp.diagonal(offset=r.start, dim1=1, dim2=2).add_(g_diag[e, r])
             ds = _softmax_backward_out(dp, p, -1, p.dtype, grad_input=dp)  # in place
-            dv[e].baddbmm_(p.transpose(1, 2), go)
+            torch.baddbmm(dv[e], p.transpose(1, 2), go, out=dv[e])
             dq[e, r] = torch.bmm(ds, k_s[e])
-            dk[e].baddbmm_(ds.transpose(1, 2), q_s[e, r])
+            torch.baddbmm(dk[e], ds.transpose(1, 2), q_s[e, r], out=dk[e])
             ds = ds.view(entries, rows, height, width)
             d_row[e, r] = ds.sum(-1)
             d_col[e, r] = ds.sum(-2)
