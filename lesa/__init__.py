@@ -3,8 +3,7 @@
     from lesa import LESA2d, FUSIONS, build_backbone, shares
 
 Read in this order: unary.py (local term), binary.py (context term) and chunked.py (its CPU
-path), fusion.py (strategies),
-block.py (LESA2d and the share report), backbone.py (ResNets).
+path), fusion.py (strategies), block.py (LESA2d and the share report), backbone.py (ResNets).
 """
 from .backbone import ARCHS, ResNet, build_backbone
 from .binary import BinaryTerm, RelativePosition2d

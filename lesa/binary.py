@@ -24,8 +24,8 @@ Two paths (`BinaryTerm.kernel`, "auto" picks by device):
 - CPU: lesa/chunked.py, explicit logits at the real head width in cache-sized chunks (BoTNet's
   math without its L x L tensors for the whole batch), a custom autograd Function for the
   backward. Measured on the 2-core CPU against the fused call below (fwd+bwd of the attention,
-  B=8, C=256, 8 heads): 0.6-0.7x its time at L = 1024 and 0.35-0.45x at L = 4096; see the
-  README's performance section.
+  B=8, C=256, 8 heads; L = 4096 at B=2): 0.6-0.73x its time at L = 256, 0.5x at L = 1024 and
+  0.32-0.35x at L = 4096 (`lesa-bench profile`, with and without glibc keeping freed memory).
 - elsewhere (GPU): one `scaled_dot_product_attention` call, so the fused (flash /
   memory-efficient) kernels apply. torch's fused kernels need q/k and v of one head width; with
   unequal widths SDPA silently takes its math path, which builds the L x L weights. So
@@ -34,7 +34,7 @@ Two paths (`BinaryTerm.kernel`, "auto" picks by device):
   1/sqrt(d) is SDPA's `scale` (the relative logits are divided by it on the small tables).
   "mask" adds a rank-4 float mask without grad and "report" one sink key: both stay on the
   fused kernel, forward and backward. The cost is the width, d + H + W (144 at 64x64) against
-  the real 16, with v padded to it: 2.5-5x the FLOPs of the explicit path, which is why the CPU
+  the real 16, with v padded to it: 2.3-6.9x the FLOPs of the explicit path, which is why the CPU
   does not use it. For large maps use the windowed term (lesa/window.py).
 """
 from __future__ import annotations

@@ -12,10 +12,9 @@ backward chunk by chunk with the same buffers.
 
 Why not one fused `scaled_dot_product_attention` call here (the GPU path, lesa/binary.py)? It
 needs the relative logits folded in by widening q and k to d + H + W channels (144 at 64x64
-against d = 16) and torch's fused CPU kernel needs v padded to that width, so it does 2.5-5x
-the FLOPs of this path. Measured on the 2-core CPU (fwd+bwd of the term's attention, B=8,
-C=256, 8 heads): see the README's performance section and `lesa-bench profile` (rows
-"core: attend" and "core: fused SDPA").
+against d = 16) and torch's fused CPU kernel needs v padded to that width, so it does 2.3-6.9x
+the FLOPs of this path (L = 256 to 4096) and took 1.4-3.1x its fwd+bwd time on the 2-core CPU
+(`lesa-bench profile`, rows "core: attend" and "core: fused SDPA"; README, performance).
 
 Memory. By default the softmax weights of every chunk are kept for the backward pass (one
 B x heads x L x L tensor in all, as autograd would keep for explicit attention). With
