@@ -10,8 +10,8 @@ For each shape B,C,H,W (default: B=8, C=256 at 16x16, 32x32 and 64x64, i.e. L = 
     core        BinaryTerm.attend alone (the attention core, on random q, k, v): the path the
                 suite takes on the device (on CPU the chunked explicit one, lesa/chunked.py), the
                 same with recompute=True, and the fused SDPA path (the one off CPU)
-    ceilings    scaled_dot_product_attention without a mask on the q/k/v shapes the core feeds
-                it, and a square matmul (--matmul-size)
+    ceilings    scaled_dot_product_attention without a mask on the q/k/v shapes the fused core
+                path feeds it, and a square matmul (--matmul-size)
 
 and measures, for inference (forward, no grad, eval mode) and training (forward + backward,
 train mode, parameter grads reset to None before each call, input requiring grad):
