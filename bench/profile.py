@@ -315,7 +315,7 @@ def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
     width = _round_up(max(d + h + w, dv), 8)
     widened = 2 * b * heads * length * length * (d + h + w + dv)  # the fused path's dot products
     explicit = 2 * b * heads * length * length * (d + dv)  # q k^T and a v at the real widths
-    cores = [("core: attend", "core", "auto", False),
+    cores = [("core: attend", "core", "chunked", False),
              ("core: attend, recompute", "core:recompute", "chunked", True),
              ("core: fused SDPA", "core:sdpa", "sdpa", False)]
     for name, kind, kernel, recompute in cores:

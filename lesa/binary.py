@@ -194,13 +194,16 @@ class BinaryTerm(nn.Module):
         k_wide = torch.cat([k, onehots], dim=-1)
         return q_wide, k_wide
 
-    kernel = "auto"  # "auto": chunked explicit on CPU, fused SDPA elsewhere; or "sdpa"/"chunked"
+    # "auto" is the fused SDPA path on every device for now: with "chunked" (2-3x faster on CPU,
+    # lesa/chunked.py) the exact-resume tests (tests/test_resume.py) do not end bit-identical;
+    # until that is understood the chunked path is opt-in
+    kernel = "auto"  # "auto" / "sdpa": one fused SDPA call; "chunked": lesa/chunked.py
     recompute = False  # chunked path: rebuild the softmax weights in backward (lesa/chunked.py)
 
     def uses_sdpa(self, q: torch.Tensor) -> bool:
         if self.kernel not in ("auto", "sdpa", "chunked"):
             raise ValueError(f"kernel must be auto, sdpa or chunked, not {self.kernel!r}")
-        return self.kernel == "sdpa" or (self.kernel == "auto" and q.device.type != "cpu")
+        return self.kernel != "chunked"
 
     def attend(self, q, k, v, height: int, width: int, diagonal: str = "keep"):
         """Attention output per head (B, heads, L, dv) and, if asked, the diagonal weights a_ii.
