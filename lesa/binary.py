@@ -60,15 +60,15 @@ class RelativePosition2d(nn.Module):
         self.rel_w = nn.Parameter(torch.randn(2 * max_size - 1, dim) * dim**-0.5)
 
     def _logits(self, q: torch.Tensor, table: torch.Tensor, n: int, axis: int) -> torch.Tensor:
-        # q: (B, heads, H, W, d). out[..., a_i, t] = q_i . table[t - a_i] for t in 0..n-1, with
-        # a_i the query's row (axis 0) or column (axis 1). For coordinate a the n table rows
-        # needed are one window of the 2n - 1 offsets: one matmul per coordinate (batched),
-        # n logits per query and no gather.
+        # q: (B, heads, H, W, d). Relative logits for offsets -(n-1)..(n-1), then re-indexed to
+        # absolute key coordinates: out[..., a_i, t] = q_i . table[t - a_i] for t in 0..n-1.
         m = self.max_size
-        windows = table[m - n : m + n - 1].unfold(0, n, 1).flip(0)  # (n, d, n): [a] = rows of a
-        if axis == 0:
-            return q @ windows  # (B, heads, H, W, n)
-        return (q.transpose(2, 3) @ windows).transpose(2, 3)
+        rel = q @ table[m - n : m + n - 1].t()  # (B, heads, H, W, 2n-1)
+        pos = torch.arange(n, device=q.device)
+        index = pos[None, :] - pos[:, None] + (n - 1)  # [a_i, t] -> t - a_i + n - 1
+        shape = [1, 1, n, 1, n] if axis == 0 else [1, 1, 1, n, n]
+        index = index.view(shape).expand(*rel.shape[:-1], n)
+        return rel.gather(-1, index)
 
     def forward(self, q: torch.Tensor, height: int, width: int,
                 scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
