@@ -7,9 +7,9 @@ For each shape B,C,H,W (default: B=8, C=256 at 16x16, 32x32 and 64x64, i.e. L = 
                 and `dynamic` with the windowed binary term (lesa/window.py, --window)
     peers       timm.layers BottleneckAttn (BoTNet: global attention with 2-D relative logits)
                 and HaloAttn (blocked local attention; same block and halo as --window)
-    core        BinaryTerm.attend alone (the attention core, on random q, k, v): the path the
-                suite takes on the device (on CPU the chunked explicit one, lesa/chunked.py), the
-                same with recompute=True, and the fused SDPA path (the one off CPU)
+    core        BinaryTerm.attend alone (the attention core, on random q, k, v): the chunked
+                explicit path (lesa/chunked.py), the same with recompute=True, and the fused
+                SDPA path (the default)
     ceilings    scaled_dot_product_attention without a mask on the q/k/v shapes the fused core
                 path feeds it, and a square matmul (--matmul-size)
 
@@ -306,7 +306,7 @@ def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
                 halo_size=window // 2), x, device, dtype))
         else:
             notes.append(f"HaloAttn skipped at {h}x{w}: not a multiple of its block {window}")
-    # the attention core (the path the suite takes on this device, and the other one) and the
+    # the attention core (chunked, chunked with recompute, fused SDPA) and the
     # SDPA ceiling on the very shapes the fused path feeds SDPA
     d, dv, length = BinaryTerm(c, heads, max_size).qk_dim, c // heads, h * w
     q, k = (torch.randn(b, heads, length, d, generator=gen).to(device=device, dtype=dtype)

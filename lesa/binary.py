@@ -19,14 +19,14 @@ and s_ij = q'_i . k'_j exactly. The diagonal weight a_ii (needed by `softmax` an
 report of `sa`) comes out of the same SDPA call via one extra "sink" key whose logit for query i
 is s_ii and whose value is a unit channel: the sink's weight is a_ii / (1 + a_ii).
 
-Two paths (`BinaryTerm.kernel`, "auto" picks by device):
+Two paths (`BinaryTerm.kernel`; "auto" is the fused SDPA call for now, see the class):
 
-- CPU: lesa/chunked.py, explicit logits at the real head width in cache-sized chunks (BoTNet's
+- "chunked" (for CPU): lesa/chunked.py, explicit logits at the real head width in cache-sized chunks (BoTNet's
   math without its L x L tensors for the whole batch), a custom autograd Function for the
   backward. Measured on the 2-core CPU against the fused call below (fwd+bwd of the attention,
   B=8, C=256, 8 heads; L = 4096 at B=2): 0.6-0.73x its time at L = 256, 0.5x at L = 1024 and
   0.32-0.35x at L = 4096 (`lesa-bench profile`, with and without glibc keeping freed memory).
-- elsewhere (GPU): one `scaled_dot_product_attention` call, so the fused (flash /
+- "sdpa" / "auto": one `scaled_dot_product_attention` call, so the fused (flash /
   memory-efficient) kernels apply. torch's fused kernels need q/k and v of one head width; with
   unequal widths SDPA silently takes its math path, which builds the L x L weights. So
   `_operands` builds q', k', v' at one common width, a multiple of 8, each in a single cat:
@@ -34,8 +34,8 @@ Two paths (`BinaryTerm.kernel`, "auto" picks by device):
   1/sqrt(d) is SDPA's `scale` (the relative logits are divided by it on the small tables).
   "mask" adds a rank-4 float mask without grad and "report" one sink key: both stay on the
   fused kernel, forward and backward. The cost is the width, d + H + W (144 at 64x64) against
-  the real 16, with v padded to it: 2.3-6.9x the FLOPs of the explicit path, which is why the CPU
-  does not use it. For large maps use the windowed term (lesa/window.py).
+  the real 16, with v padded to it: 2.3-6.9x the FLOPs of the explicit path, which is why
+  "chunked" is faster on CPU. For large maps use the windowed term (lesa/window.py).
 """
 from __future__ import annotations
 
