@@ -19,7 +19,7 @@ and s_ij = q'_i . k'_j exactly. The diagonal weight a_ii (needed by `softmax` an
 report of `sa`) comes out of the same SDPA call via one extra "sink" key whose logit for query i
 is s_ii and whose value is a unit channel: the sink's weight is a_ii / (1 + a_ii).
 
-Two paths (`BinaryTerm.kernel`; "auto" is the fused SDPA call for now, see the class):
+Two paths (`BinaryTerm.kernel`; "auto" is the fused SDPA call for now):
 
 - "chunked" (for CPU): lesa/chunked.py, explicit logits at the real head width in cache-sized chunks (BoTNet's
   math without its L x L tensors for the whole batch), a custom autograd Function for the
