@@ -22,10 +22,11 @@ is s_ii and whose value is a unit channel: the sink's weight is a_ii / (1 + a_ii
 Two paths (`BinaryTerm.kernel`; "auto" is the fused SDPA call for now):
 
 - "chunked" (for CPU): lesa/chunked.py, explicit logits at the real head width in cache-sized
-  chunks (BoTNet's math without its L x L tensors for the whole batch), a custom autograd Function for the
-  backward. Measured on the 2-core CPU against the fused call below (fwd+bwd of the attention,
-  B=8, C=256, 8 heads; L = 4096 at B=2): 0.6-0.73x its time at L = 256, 0.5x at L = 1024 and
-  0.32-0.35x at L = 4096 (`lesa-bench profile`, with and without glibc keeping freed memory).
+  chunks (BoTNet's math without its L x L tensors for the whole batch), a custom autograd
+  Function for the backward. Measured on the 2-core CPU against the fused call below (fwd+bwd
+  of the attention, B=8, C=256, 8 heads; L = 4096 at B=2): 0.6-0.73x its time at L = 256,
+  0.5x at L = 1024 and 0.32-0.35x at L = 4096 (`lesa-bench profile`, with and without glibc
+  keeping freed memory).
 - "sdpa" / "auto": one `scaled_dot_product_attention` call, so the fused (flash /
   memory-efficient) kernels apply. torch's fused kernels need q/k and v of one head width; with
   unequal widths SDPA silently takes its math path, which builds the L x L weights. So
