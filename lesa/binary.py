@@ -19,7 +19,7 @@ and s_ij = q'_i . k'_j exactly. The diagonal weight a_ii (needed by `softmax` an
 report of `sa`) comes out of the same SDPA call via one extra "sink" key whose logit for query i
 is s_ii and whose value is a unit channel: the sink's weight is a_ii / (1 + a_ii).
 
-Two paths (`BinaryTerm.kernel`; "auto" is the fused SDPA call for now):
+Two paths (`BinaryTerm.kernel`; "auto" = "chunked" on CPU, "sdpa" elsewhere):
 
 - "chunked" (for CPU): lesa/chunked.py, explicit logits at the real head width in cache-sized
   chunks (BoTNet's math without its L x L tensors for the whole batch), a custom autograd
@@ -27,7 +27,7 @@ Two paths (`BinaryTerm.kernel`; "auto" is the fused SDPA call for now):
   of the attention, B=8, C=256, 8 heads; L = 4096 at B=2): 0.6-0.73x its time at L = 256,
   0.5x at L = 1024 and 0.32-0.35x at L = 4096 (`lesa-bench profile`, with and without glibc
   keeping freed memory).
-- "sdpa" / "auto": one `scaled_dot_product_attention` call, so the fused (flash /
+- "sdpa" (and "auto" off CPU): one `scaled_dot_product_attention` call, so the fused (flash /
   memory-efficient) kernels apply. torch's fused kernels need q/k and v of one head width; with
   unequal widths SDPA silently takes its math path, which builds the L x L weights. So
   `_operands` builds q', k', v' at one common width, a multiple of 8, each in a single cat:
@@ -195,16 +195,15 @@ class BinaryTerm(nn.Module):
         k_wide = torch.cat([k, onehots], dim=-1)
         return q_wide, k_wide
 
-    # "auto" is the fused SDPA path on every device for now: with "chunked" (2-3x faster on CPU,
-    # lesa/chunked.py) the exact-resume tests (tests/test_resume.py) do not end bit-identical;
-    # until that is understood the chunked path is opt-in
-    kernel = "auto"  # "auto" / "sdpa": one fused SDPA call; "chunked": lesa/chunked.py
+    # "auto": the chunked explicit path on CPU (2-3x faster there), the fused SDPA call elsewhere
+    # (GPU flash / memory-efficient kernels); "sdpa" / "chunked" force one path on any device
+    kernel = "auto"
     recompute = False  # chunked path: rebuild the softmax weights in backward (lesa/chunked.py)
 
     def uses_sdpa(self, q: torch.Tensor) -> bool:
         if self.kernel not in ("auto", "sdpa", "chunked"):
             raise ValueError(f"kernel must be auto, sdpa or chunked, not {self.kernel!r}")
-        return self.kernel != "chunked"
+        return self.kernel == "sdpa" or (self.kernel == "auto" and q.device.type != "cpu")
 
     def attend(self, q, k, v, height: int, width: int, diagonal: str = "keep"):
         """Attention output per head (B, heads, L, dv) and, if asked, the diagonal weights a_ii.

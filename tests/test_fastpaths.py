@@ -1,7 +1,8 @@
 """Every fast path of lesa/ against explicit reference math, forward AND gradients (fp32, 1e-5).
 
 Fast paths: the global binary term through SDPA's fused kernel (q/k/v zero-padded to one width,
-relative logits folded into widened q/k, the diagonal mask, the sink key for a_ii), and the
+relative logits folded into widened q/k, the diagonal mask, the sink key for a_ii) and through
+the chunked explicit path of lesa/chunked.py (kept or recomputed softmax weights), and the
 windowed binary term of lesa/window.py (query blocks, halo neighbourhoods, masked borders). The
 references here build the L x L logits from the module's own tables, mask by hand, and take a
 plain softmax; they never call widen, attend or SDPA. No timing is asserted anywhere.
@@ -228,8 +229,7 @@ def test_chunked_attention_in_uneven_chunks(diagonal, recompute, chunk_bytes):
 
 def test_chunked_attention_keeps_probabilities_unless_recompute():
     term = BinaryTerm(C, HEADS, max_size=MAX)
-    q, k, v = qkv(2, 20, seed=1)
-    term.kernel = "chunked"
+    q, k, v = qkv(2, 20, seed=1)  # "auto" takes the chunked path on CPU
     out, _ = term.attend(q, k, v, 4, 5)
     assert "_RelativeAttentionBackward" in autograd_nodes(out)
     node = out.grad_fn.next_functions[0][0]  # out is a view of the Function's output
