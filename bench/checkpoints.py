@@ -6,7 +6,11 @@ ends with the same weights and metrics as a run never interrupted:
 - `AtomicCheckpointIO` writes every checkpoint to a temp file, fsyncs it and renames it over the
   old one, keeping the previous last.ckpt as last.prev.ckpt: a kill mid-save leaves the old file.
 - `PeriodicCheckpoint` saves last.ckpt every `trainer.checkpoint_every_n_steps` training steps
-  (the epoch-end last.ckpt comes from ModelCheckpoint), so a kill loses at most N steps.
+  (the epoch-end last.ckpt comes from ModelCheckpoint), so a kill loses at most N steps, and
+  once more when training ends unless it already holds the final step: Lightning 2.6's
+  ModelCheckpoint(save_last=True) writes last.ckpt at a validation end only when that validation
+  also saved a top-k checkpoint, so after a final epoch that did not improve, last.ckpt would
+  hold an earlier step.
 - `resumable_loader` makes the training DataLoader stateful (Lightning's own mid-epoch restore
   saves and loads a loader's `state_dict`): the state is (epoch, batches served), and on restore
   the sampler skips the batches already trained on, without loading them. The datamodules' batch
@@ -50,6 +54,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     stays as last.prev.ckpt (a fallback should the new one ever be unreadable)."""
 
     saves = 0
+    saved_steps: dict[str, int] = {}  # path -> global_step of this process's last save there
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
@@ -70,6 +75,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(keep, path.with_name("last.prev.ckpt"))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        AtomicCheckpointIO.saved_steps[str(path)] = checkpoint.get("global_step", -1)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -105,6 +111,13 @@ class PeriodicCheckpoint(L.Callback):
             self._saved_step = step
             trainer.save_checkpoint(self.path)  # every rank: it ends in a barrier
         maybe_die("step", step)
+
+    def on_train_end(self, trainer, pl_module):
+        # last.ckpt = the final weights (see the module docstring); not after an exception.
+        # Only rank 0 writes files, and every rank must take part in a save: rank 0 decides
+        stale = AtomicCheckpointIO.saved_steps.get(str(Path(self.path))) != trainer.global_step
+        if trainer.strategy.broadcast(stale, src=0):
+            trainer.save_checkpoint(self.path)
 
 
 class RunState(L.Callback):
