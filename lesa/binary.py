@@ -61,15 +61,16 @@ class RelativePosition2d(nn.Module):
         self.rel_w = nn.Parameter(torch.randn(2 * max_size - 1, dim) * dim**-0.5)
 
     def _logits(self, q: torch.Tensor, table: torch.Tensor, n: int, axis: int) -> torch.Tensor:
-        # q: (B, heads, H, W, d). Relative logits for offsets -(n-1)..(n-1), then re-indexed to
-        # absolute key coordinates: out[..., a_i, t] = q_i . table[t - a_i] for t in 0..n-1.
+        # q: (B, heads, H, W, d). out[..., a_i, t] = q_i . table[t - a_i] for t in 0..n-1, with
+        # a_i the query's row (axis 0) or column (axis 1). For coordinate a the n table rows
+        # needed are one window of the 2n - 1 offsets, so this is one GEMM per coordinate (a
+        # bmm over a, the queries of that coordinate as rows): n logits per query, no gather,
+        # and a backward of two bmm (a broadcast matmul's backward copies per matrix).
         m = self.max_size
-        rel = q @ table[m - n : m + n - 1].t()  # (B, heads, H, W, 2n-1)
-        pos = torch.arange(n, device=q.device)
-        index = pos[None, :] - pos[:, None] + (n - 1)  # [a_i, t] -> t - a_i + n - 1
-        shape = [1, 1, n, 1, n] if axis == 0 else [1, 1, 1, n, n]
-        index = index.view(shape).expand(*rel.shape[:-1], n)
-        return rel.gather(-1, index)
+        windows = table[m - n : m + n - 1].unfold(0, n, 1).flip(0)  # (n, d, n): [a] = rows of a
+        by_coord = q.movedim(2 + axis, 0)  # (n, B, heads, other, d)
+        out = torch.bmm(by_coord.reshape(n, -1, q.shape[-1]), windows)  # (n, B*heads*other, n)
+        return out.view(*by_coord.shape[:-1], n).movedim(0, 2 + axis)
 
     def forward(self, q: torch.Tensor, height: int, width: int,
                 scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
