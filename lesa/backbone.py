@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .binary import BinaryTerm
 from .block import LESA2d, check_fusion
 
 
@@ -97,12 +98,15 @@ class ResNet(nn.Module):
     4 at stride 1 (the paper's ImageNet layout; its convs are dilated). `window` makes the
     attention local (lesa/window.py): an int for every attention stage, or a mapping from stage
     to int or None, e.g. {3: None, 4: 8}; None (default) keeps global attention everywhere.
+    `recompute_attention=True` makes every global attention rebuild its softmax weights in the
+    backward pass instead of keeping them (`BinaryTerm.recompute`: memory O(L), not L x L).
     """
 
     def __init__(self, arch: Arch, fusion: str = "dynamic", num_classes: int | None = None,
                  heads: int = 8, output_stride: int = 32, attention_stages=(3, 4),
                  max_size: int = 64, in_channels: int = 3,
-                 window: int | dict[int, int | None] | None = None):
+                 window: int | dict[int, int | None] | None = None,
+                 recompute_attention: bool = False):
         super().__init__()
         check_fusion(fusion)
         if output_stride not in (16, 32):
@@ -134,6 +138,9 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes) if num_classes else None
         self._init_weights()
+        for m in self.modules():
+            if isinstance(m, BinaryTerm):
+                m.recompute = recompute_attention
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -162,7 +169,7 @@ def build_backbone(name: str, fusion: str = "dynamic", num_classes: int | None =
                    **kwargs) -> ResNet:
     """Build a backbone by name (`lesa.ARCHS`): resnet50, resnet26, wrn50, resnet_tiny (32x32
     inputs), resnet_small (128x128 inputs). kwargs go to `ResNet` (heads, output_stride,
-    attention_stages, max_size, in_channels, window) and `stem` (imagenet, small or cifar) to
+    attention_stages, max_size, in_channels, window, recompute_attention) and `stem` (imagenet, small or cifar) to
     replace the architecture's stem."""
     if name not in ARCHS:
         close = difflib.get_close_matches(name, ARCHS, n=1)

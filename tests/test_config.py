@@ -34,6 +34,20 @@ def test_matrix_is_a_cartesian_product_with_stable_ids():
     assert changed.runs[0].id not in {r.id for r in exp.runs}
 
 
+def test_memory_knobs_stay_out_of_the_run_id_and_reach_the_model():
+    from bench.tasks import backbone_kwargs
+
+    base = {"name": "x", "matrix": {"model.fusion": ["sa"]}}
+    plain = experiment_from_dict(base).runs[0]
+    knob = experiment_from_dict({**base, "model": {"recompute_attention": True}}).runs[0]
+    assert plain.id == knob.id  # same results (tests/test_fastpaths.py: bit-identical grads)
+    assert plain.config["model"]["recompute_attention"] is False
+    assert backbone_kwargs(knob.config["model"])["recompute_attention"] is True
+    assert "recompute_attention" not in backbone_kwargs(plain.config["model"])
+    with pytest.raises(ConfigError, match="recompute_attention"):
+        experiment_from_dict({**base, "model": {"recompute_attention": "yes"}})
+
+
 def test_bundle_axis_sets_several_keys():
     exp = experiment_from_dict({"name": "x", "matrix": {"task": [
         {"data.name": "digits"}, {"data.name": "digits", "model.heads": 4}]}})

@@ -245,6 +245,31 @@ def test_chunked_attention_keeps_probabilities_unless_recompute():
         assert term.attend(q, k, v, 4, 5)[0].grad_fn is None
 
 
+@pytest.mark.parametrize("diagonal", ["keep", "mask", "report"])
+def test_recompute_gives_bit_identical_gradients(diagonal):
+    """The rebuilt weights are the kept ones bit for bit (same chunks, same kernels), which is
+    why `model.recompute_attention` is not part of a run's id."""
+    term = BinaryTerm(C, HEADS, max_size=MAX)
+    leaves = qkv(2, 20, seed=3)
+    grads = []
+    for recompute in (False, True):
+        term.recompute = recompute
+        grads.append(grads_of(lambda: term.attend(*leaves, 4, 5, diagonal), leaves, term))
+    (out_k, a_k, g_k), (out_r, a_r, g_r) = grads
+    assert torch.equal(out_k, out_r) and (a_k is None) == (diagonal != "report")
+    assert a_k is None or torch.equal(a_k, a_r)
+    assert len(g_k) == 5 and all(torch.equal(k, r) for k, r in zip(g_k, g_r))
+
+
+def test_recompute_attention_reaches_every_global_term():
+    import lesa
+
+    for flag in (False, True):
+        net = lesa.build_backbone("resnet_tiny", fusion="dynamic", recompute_attention=flag)
+        terms = [m for m in net.modules() if isinstance(m, BinaryTerm)]
+        assert terms and all(m.recompute is flag for m in terms)
+
+
 def test_unknown_kernel_is_a_clear_error():
     term = BinaryTerm(C, HEADS, max_size=MAX)
     term.kernel = "flash"

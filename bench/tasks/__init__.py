@@ -55,6 +55,8 @@ def backbone_kwargs(model: dict) -> dict:
                   stem=model.get("stem"))
     if model.get("window"):
         kwargs["window"] = model["window"]
+    if model.get("recompute_attention"):
+        kwargs["recompute_attention"] = True
     return kwargs
 
 
