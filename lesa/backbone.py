@@ -169,8 +169,8 @@ def build_backbone(name: str, fusion: str = "dynamic", num_classes: int | None =
                    **kwargs) -> ResNet:
     """Build a backbone by name (`lesa.ARCHS`): resnet50, resnet26, wrn50, resnet_tiny (32x32
     inputs), resnet_small (128x128 inputs). kwargs go to `ResNet` (heads, output_stride,
-    attention_stages, max_size, in_channels, window, recompute_attention) and `stem` (imagenet, small or cifar) to
-    replace the architecture's stem."""
+    attention_stages, max_size, in_channels, window, recompute_attention) and `stem`
+    (imagenet, small or cifar) to replace the architecture's stem."""
     if name not in ARCHS:
         close = difflib.get_close_matches(name, ARCHS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
