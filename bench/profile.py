@@ -7,9 +7,9 @@ For each shape B,C,H,W (default: B=8, C=256 at 16x16, 32x32 and 64x64, i.e. L = 
                 and `dynamic` with the windowed binary term (lesa/window.py, --window)
     peers       timm.layers BottleneckAttn (BoTNet: global attention with 2-D relative logits)
                 and HaloAttn (blocked local attention; same block and halo as --window)
-    core        BinaryTerm.attend alone (the attention core, on random q, k, v): the chunked
-                explicit path (lesa/chunked.py), the same with recompute=True, and the fused
-                SDPA path (the default)
+    core        BinaryTerm.attend alone (the attention core, on random q, k, v): the device's
+                default path (on CPU the chunked explicit path, lesa/chunked.py), the chunked
+                path with recompute=True, and the fused SDPA path (the default off CPU)
     ceilings    scaled_dot_product_attention without a mask on the q/k/v shapes the fused core
                 path feeds it, and a square matmul (--matmul-size)
 
@@ -315,14 +315,15 @@ def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
     width = _round_up(max(d + h + w, dv), 8)
     widened = 2 * b * heads * length * length * (d + h + w + dv)  # the fused path's dot products
     explicit = 2 * b * heads * length * length * (d + dv)  # q k^T and a v at the real widths
-    cores = [("core: attend", "core", "chunked", False),
+    cores = [("core: attend", "core", "auto", False),
              ("core: attend, recompute", "core:recompute", "chunked", True),
              ("core: fused SDPA", "core:sdpa", "sdpa", False)]
+    default_is_sdpa = BinaryTerm(c, heads, max_size).uses_sdpa(q)
     for name, kind, kernel, recompute in cores:
+        if kind == "core:sdpa" and default_is_sdpa:
+            continue  # off CPU the default row already is the fused path
         term = BinaryTerm(c, heads, max_size).to(device=device, dtype=dtype)
         term.kernel, term.recompute = kernel, recompute
-        if kind == "core:recompute" and term.uses_sdpa(q):
-            continue  # off CPU "auto" is the fused path: no chunked row to compare
         row = _tensor_row(torch, name, kind,
                           lambda q, k, v, term=term: term.attend(q, k, v, h, w)[0], [q, k, v])
         row.result["path"] = "fused SDPA" if term.uses_sdpa(q) else "chunked explicit"
