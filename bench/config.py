@@ -43,7 +43,7 @@ DEFAULTS: dict = {
     "data": dict(COMMON_OPTIONS),
     "model": {"backbone": "resnet_tiny", "fusion": "dynamic", "heads": 8, "output_stride": 32,
               "attention_stages": [3, 4], "max_size": 64, "stem": None, "window": None,
-              "recompute_attention": False},
+              "recompute_attention": False, "channels_last": True},
     "optim": {"name": "sgd", "lr": 0.1, "lr_batch": None, "momentum": 0.9, "nesterov": True,
               "weight_decay": 5e-4, "warmup_epochs": 1.0, "label_smoothing": 0.0},
     "trainer": {"max_epochs": 10, "accelerator": "cpu", "devices": 1, "strategy": "auto",
@@ -66,6 +66,7 @@ CHOICES = {
 # keys that do not change what a run computes, so they stay out of its id
 NOT_IN_ID = {("data", "num_workers"), ("trainer", "log_every_n_steps"),
              ("model", "recompute_attention"),  # the same weights rebuilt: memory, not results
+             ("model", "channels_last"),  # the same math in another memory layout: speed
              ("trainer", "checkpoint_every_n_steps")}
 # numbers that Lightning accepts as int or float
 INT_OR_FLOAT = {"trainer.limit_train_batches", "trainer.limit_val_batches",

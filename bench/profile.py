@@ -56,6 +56,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 DEFAULT_SHAPES = ("8,256,16,16", "8,256,32,32", "8,256,64,64")
@@ -519,18 +520,21 @@ def _network_part(torch, args, device, dtype, sync, memory, console):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(b, 3, size, size, generator=gen).to(device=device, dtype=dtype)
     y = torch.randint(0, 10, (b,), generator=gen).to(device)
+    from bench.config import DEFAULTS
+
+    layout = DEFAULTS["model"]["channels_last"]  # as the suite trains them
     rows = []
     for fusion in ("conv", "dynamic"):
         torch.manual_seed(0)
-        model = lesa.build_backbone(name, fusion=fusion, num_classes=10).to(device=device,
-                                                                           dtype=dtype)
+        model = lesa.build_backbone(name, fusion=fusion, num_classes=10,
+                                    channels_last=layout).to(device=device, dtype=dtype)
         lesa.record_shares(model, False)
         rows.append(Row(f"{name} {fusion}", "network", None,
                         _train_step_fn(torch, model, x, y)))
     console.print(f"[bold]profile[/] {name} training step, B={b} at {size}x{size}")
     _run_rows(torch, rows, args.repeats, max(1, args.warmup) if not args.quick else 0, sync,
               memory, lambda text: console.print(f"  {text}", style="dim"), args.min_time)
-    out = {"backbone": name, "size": size, "batch": b, "rows": []}
+    out = {"backbone": name, "size": size, "batch": b, "channels_last": layout, "rows": []}
     for row in rows:
         m = row.result["train"]
         m["images_per_s"] = b / m["time_s"]
@@ -585,8 +589,9 @@ def _lightning_part(torch, args, device, console) -> dict:
         quiet = logging.getLogger("lightning.pytorch")
         level = quiet.level
         quiet.setLevel(logging.ERROR)
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
+        try:  # a timing harness: Lightning's warnings about its missing val loop are noise
+            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 trainer = L.Trainer(
                     accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                     max_epochs=1, logger=False, enable_checkpointing=False,
@@ -759,7 +764,9 @@ def _print_tables(result: dict, console) -> None:
     net = result.get("network")
     if net:
         table = Table(title=f"whole network: {net['backbone']} training step, B={net['batch']} "
-                      f"at {net['size']}x{net['size']}", title_justify="left")
+                      f"at {net['size']}x{net['size']}"
+                      f"{', channels last' if net.get('channels_last') else ''}",
+                      title_justify="left")
         for col in ("model", "step ms", "images/s", "peak MiB"):
             table.add_column(col, justify="left" if col == "model" else "right")
         for r in net["rows"]:

@@ -124,7 +124,7 @@ class SelfAttention(AttentionFusion):
         out, a_ii = self.binary.attend(q, k, v, height, width,
                                        "report" if self.record_shares else "keep")
         share = a_ii.detach().mean() if a_ii is not None else None
-        return self.binary.merge(out, height, width), share
+        return self.binary.merge(out, height, width, like=x), share
 
 
 @register("binary")
@@ -138,7 +138,7 @@ class BinaryOnly(AttentionFusion):
         height, width = x.shape[-2:]
         q, k, v = self.binary.project(x)
         out, _ = self.binary.attend(q, k, v, height, width, "mask")
-        return self.binary.merge(out, height, width), None
+        return self.binary.merge(out, height, width, like=x), None
 
 
 @register("unary")
@@ -166,7 +166,7 @@ class SoftmaxFusion(AttentionFusion):
         u = self.unary(x).flatten(2).transpose(1, 2).unflatten(-1, (self.binary.heads, -1))
         u = u.transpose(1, 2)  # (B, heads, L, dv), the same channel split as v
         out = out + a_ii.unsqueeze(-1) * (u - v)
-        return self.binary.merge(out, height, width), a_ii.detach().mean()
+        return self.binary.merge(out, height, width, like=x), a_ii.detach().mean()
 
 
 @register("sum")

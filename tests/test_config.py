@@ -46,6 +46,13 @@ def test_memory_knobs_stay_out_of_the_run_id_and_reach_the_model():
     assert "recompute_attention" not in backbone_kwargs(plain.config["model"])
     with pytest.raises(ConfigError, match="recompute_attention"):
         experiment_from_dict({**base, "model": {"recompute_attention": "yes"}})
+    # the memory layout: on by default, out of the id, off on request
+    nchw = experiment_from_dict({**base, "model": {"channels_last": False}}).runs[0]
+    assert plain.id == nchw.id and plain.config["model"]["channels_last"] is True
+    assert backbone_kwargs(plain.config["model"])["channels_last"] is True
+    assert "channels_last" not in backbone_kwargs(nchw.config["model"])
+    with pytest.raises(ConfigError, match="channels_last"):
+        experiment_from_dict({**base, "model": {"channels_last": 1}})
 
 
 def test_bundle_axis_sets_several_keys():

@@ -268,6 +268,10 @@ def test_recompute_attention_reaches_every_global_term():
         net = lesa.build_backbone("resnet_tiny", fusion="dynamic", recompute_attention=flag)
         terms = [m for m in net.modules() if isinstance(m, BinaryTerm)]
         assert terms and all(m.recompute is flag for m in terms)
+        net = lesa.build_backbone("resnet_tiny", fusion="dynamic", window={3: 2, 4: None},
+                                  recompute_attention=flag)
+        windowed = [m for m in net.modules() if isinstance(m, WindowedBinaryTerm)]
+        assert windowed and all(m.recompute is flag for m in windowed)
 
 
 def test_unknown_kernel_is_a_clear_error():
@@ -338,12 +342,13 @@ def test_windowed_inference_chunks_equal_the_reference(diagonal, chunk_bytes, mo
 @pytest.mark.parametrize("b,h,w,window,halo", [(2, 9, 7, 2, 1), (1, 12, 8, 4, 2)])
 def test_windowed_checkpointed_chunks_forward_and_gradients(diagonal, b, h, w, window, halo,
                                                             monkeypatch):
-    """With autograd, large maps go through checkpointed chunks of block rows (forced here
-    with tiny thresholds); output and every gradient must equal the explicit reference."""
-    monkeypatch.setattr(WindowedBinaryTerm, "checkpoint_bytes", 1)
+    """With autograd and `recompute`, maps whose operands exceed chunk_bytes go through
+    checkpointed chunks of block rows (forced here with a tiny threshold); output and every
+    gradient must equal the explicit reference."""
     monkeypatch.setattr(WindowedBinaryTerm, "chunk_bytes", 1)  # one block row per chunk
     torch.manual_seed(8)
     term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=window, halo=halo)
+    term.recompute = True
     leaves = qkv(b, h * w, seed=9)
     out, _ = term.attend(*leaves, h, w, diagonal)
     assert "UnbindBackward0" in autograd_nodes(out)  # the chunked path was taken
@@ -351,6 +356,27 @@ def test_windowed_checkpointed_chunks_forward_and_gradients(diagonal, b, h, w, w
     fast = grads_of(lambda: term.attend(*leaves, h, w, diagonal), leaves, term)
     ref = grads_of(lambda: ref_attend(term, *leaves, h, w, diagonal, allowed), leaves, term)
     assert_same(fast, ref)
+
+
+@pytest.mark.parametrize("diagonal", MODES)
+def test_windowed_recompute_gives_the_same_gradients(diagonal, monkeypatch):
+    """`recompute` checkpoints the windowed term only where its operands exceed chunk_bytes,
+    and then gives the plain path's output and gradients (the relative tables' gradients are
+    summed over the chunks in another order: equal to float rounding, ~1e-6 relative):
+    `model.recompute_attention` changes memory, not results."""
+    monkeypatch.setattr(WindowedBinaryTerm, "chunk_bytes", 1)
+    torch.manual_seed(8)
+    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=2, halo=1)
+    leaves = qkv(2, 9 * 7, seed=9)
+    runs = []
+    for recompute in (False, True):
+        term.recompute = recompute
+        out, _ = term.attend(*leaves, 9, 7, diagonal)
+        assert ("UnbindBackward0" in autograd_nodes(out)) is recompute
+        runs.append(grads_of(lambda: term.attend(*leaves, 9, 7, diagonal), leaves, term))
+    assert_same(runs[1], runs[0])
+    monkeypatch.setattr(WindowedBinaryTerm, "chunk_bytes", 2**30)  # small map: not chunked
+    assert "UnbindBackward0" not in autograd_nodes(term.attend(*leaves, 9, 7, diagonal)[0])
 
 
 def test_windowed_widen_dot_products_are_the_logits():
@@ -489,3 +515,72 @@ def test_backbone_window_per_stage():
     # the window changes no parameter: same state dict keys and shapes
     assert {k: v.shape for k, v in every.state_dict().items()} == \
         {k: v.shape for k, v in plain.state_dict().items()}
+
+
+# ---------------------------------------------------------------- memory layout
+
+CL = torch.channels_last
+
+
+@pytest.mark.parametrize("window", [None, 2])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_every_strategy_in_channels_last_equals_nchw(fusion, window):
+    """A channels-last input gives the NCHW result, output and every gradient, and keeps its
+    layout (merge writes the heads in the block input's layout)."""
+    if window is not None and fusion in ("conv", "unary"):
+        pytest.skip("no binary term to window")
+    torch.manual_seed(6)
+    extra = {} if window is None else {"window": window}
+    nchw = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, **extra))
+    cl = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, **extra))
+    cl.load_state_dict(nchw.state_dict())
+    cl.to(memory_format=CL)
+    x = torch.randn(2, C, 5, 6)
+    x_cl = x.contiguous(memory_format=CL).requires_grad_()
+    x = x.requires_grad_()
+    y, y_cl = nchw(x), cl(x_cl)
+    assert y.is_contiguous() and y_cl.is_contiguous(memory_format=CL) and not y_cl.is_contiguous()
+    torch.testing.assert_close(y_cl, y, **TOL)
+    w = torch.randn(y.shape)
+    names = [n for n, _ in nchw.named_parameters()]
+    got = torch.autograd.grad((y_cl * w).sum(), [x_cl, *cl.parameters()])
+    want = torch.autograd.grad((y * w).sum(), [x, *nchw.parameters()])
+    for name, g, r in zip(["x", *names], got, want):
+        torch.testing.assert_close(g, r, **TOL, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_projection_gradients_come_back_in_the_bn_layout(layout):
+    """q, k and v are split on the axis that is outermost in memory, so the gradient reaching
+    the qkv BN is laid out as its input (a mismatch sends the BN backward to a 4x slower
+    kernel on CPU)."""
+    term = BinaryTerm(C, HEADS, max_size=MAX).to(memory_format=layout)
+    x = torch.randn(2, C, 5, 6).contiguous(memory_format=layout)
+    seen = {}
+    term.qkv_bn.register_full_backward_hook(lambda m, g_in, g_out: seen.update(g=g_out[0]))
+    q, k, v = term.project(x)
+    (q.sum() + 2 * k.sum() + 3 * v.sum()).backward()
+    assert seen["g"].is_contiguous(memory_format=layout)
+    assert (q.shape, v.shape) == ((2, HEADS, 30, C // (2 * HEADS)), (2, HEADS, 30, C // HEADS))
+
+
+def test_channels_last_backbone_equals_nchw():
+    """`channels_last=True`: weights and feature maps channels last, the same logits and
+    gradients as the NCHW network (up to float rounding)."""
+    torch.manual_seed(0)
+    nchw = lesa.build_backbone("resnet_tiny", fusion="dynamic", num_classes=10,
+                               window={3: None, 4: 2})
+    cl = lesa.build_backbone("resnet_tiny", fusion="dynamic", num_classes=10,
+                             window={3: None, 4: 2}, channels_last=True)
+    cl.load_state_dict(nchw.state_dict())
+    assert cl.layer3[1].conv2.fusion.binary.qkv.weight.is_contiguous(memory_format=CL)
+    x = torch.randn(2, 3, 32, 32)
+    feats = cl.forward_features(x)
+    assert all(f.is_contiguous(memory_format=CL) for f in feats.values())
+    y, y_cl = nchw(x), cl(x)
+    torch.testing.assert_close(y_cl, y, **TOL)
+    y.sum().backward()
+    y_cl.sum().backward()
+    for (name, p), q in zip(nchw.named_parameters(), cl.parameters()):
+        scale = p.grad.abs().max().item()  # sums over a whole network: relative to its size
+        assert (q.grad - p.grad).abs().max().item() <= 1e-5 * max(scale, 1.0), name

@@ -57,6 +57,8 @@ def backbone_kwargs(model: dict) -> dict:
         kwargs["window"] = model["window"]
     if model.get("recompute_attention"):
         kwargs["recompute_attention"] = True
+    if model.get("channels_last"):
+        kwargs["channels_last"] = True
     return kwargs
 
 
