@@ -43,7 +43,7 @@ DEFAULTS: dict = {
     "data": dict(COMMON_OPTIONS),
     "model": {"backbone": "resnet_tiny", "fusion": "dynamic", "heads": 8, "output_stride": 32,
               "attention_stages": [3, 4], "max_size": 64, "stem": None, "window": None,
-              "recompute_attention": False, "channels_last": True},
+              "recompute_attention": False, "channels_last": False},
     "optim": {"name": "sgd", "lr": 0.1, "lr_batch": None, "momentum": 0.9, "nesterov": True,
               "weight_decay": 5e-4, "warmup_epochs": 1.0, "label_smoothing": 0.0},
     "trainer": {"max_epochs": 10, "accelerator": "cpu", "devices": 1, "strategy": "auto",
@@ -66,8 +66,10 @@ CHOICES = {
 # keys that do not change what a run computes, so they stay out of its id
 NOT_IN_ID = {("data", "num_workers"), ("trainer", "log_every_n_steps"),
              ("model", "recompute_attention"),  # the same weights rebuilt: memory, not results
-             ("model", "channels_last"),  # the same math in another memory layout: speed
              ("trainer", "checkpoint_every_n_steps")}
+# keys added after runs were stored: in the id only when set away from this (their default)
+# value, so the runs stored before them keep their ids
+ID_WHEN_SET = {("model", "channels_last"): False}  # changes the gradients' rounding (README)
 # numbers that Lightning accepts as int or float
 INT_OR_FLOAT = {"trainer.limit_train_batches", "trainer.limit_val_batches",
                 "trainer.limit_test_batches", "optim.warmup_epochs"}
@@ -195,6 +197,9 @@ def run_id(cfg: dict) -> str:
     identity = _without_nulls(cfg)
     for section, key in NOT_IN_ID:
         identity.get(section, {}).pop(key, None)
+    for (section, key), default in ID_WHEN_SET.items():
+        if identity.get(section, {}).get(key, default) == default:
+            identity.get(section, {}).pop(key, None)
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg['model']['fusion']}-{cfg['data']['name']}-s{cfg['seed']}-{digest}"
 

@@ -1,6 +1,7 @@
 """Experiment files: expansion, run ids, shards, and the messages bad files get."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import yaml
 import lesa
 from bench import config
 from bench.cli import main
-from bench.config import ConfigError, experiment_from_dict, load_experiment, shard
+from bench.config import ConfigError, experiment_from_dict, load_experiment, run_id, shard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,11 +47,16 @@ def test_memory_knobs_stay_out_of_the_run_id_and_reach_the_model():
     assert "recompute_attention" not in backbone_kwargs(plain.config["model"])
     with pytest.raises(ConfigError, match="recompute_attention"):
         experiment_from_dict({**base, "model": {"recompute_attention": "yes"}})
-    # the memory layout: on by default, out of the id, off on request
-    nchw = experiment_from_dict({**base, "model": {"channels_last": False}}).runs[0]
-    assert plain.id == nchw.id and plain.config["model"]["channels_last"] is True
-    assert backbone_kwargs(plain.config["model"])["channels_last"] is True
-    assert "channels_last" not in backbone_kwargs(nchw.config["model"])
+    # the memory layout: off by default, and then out of the id (ids stored before the key
+    # existed stay valid); on, it is a different run (its gradients round differently)
+    cl = experiment_from_dict({**base, "model": {"channels_last": True}}).runs[0]
+    assert plain.config["model"]["channels_last"] is False and cl.id != plain.id
+    assert plain.id == run_id(plain.config)
+    without = copy.deepcopy(plain.config)
+    del without["model"]["channels_last"]
+    assert run_id(without) == plain.id
+    assert backbone_kwargs(cl.config["model"])["channels_last"] is True
+    assert "channels_last" not in backbone_kwargs(plain.config["model"])
     with pytest.raises(ConfigError, match="channels_last"):
         experiment_from_dict({**base, "model": {"channels_last": 1}})
 
