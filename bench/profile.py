@@ -17,7 +17,9 @@ and measures, for inference (forward, no grad, eval mode) and training (forward 
 train mode, parameter grads reset to None before each call, input requiring grad):
 
     time        median wall time of --repeats calls after --warmup calls; rows are interleaved
-                call by call (round robin), so load from other processes hits all rows alike.
+                call by call (round robin), so load from other processes hits all rows alike;
+                calls under 0.5 s are timed 3 times per round (more samples where a slow row
+                limits the rounds).
                 The median CPU time of the process (user + sys, all threads) is kept as well.
     images/s    B / median time
     peak memory CPU: growth of the process's peak resident set over one call (Linux VmHWM,
@@ -356,16 +358,25 @@ def _botnet_bytes(shape, heads, itemsize) -> int:
     return 6 * b * heads * (h * w) ** 2 * itemsize  # ~6 live B x heads x L x L tensors (train)
 
 
+FAST_CALL_S, INNER = 0.5, 3  # see _run_rows
+
+
 def _run_rows(torch, rows, repeats, warmup, sync, memory, progress, min_time=0.0):
     """Warm up, then time round robin (so load spikes hit every row alike): at least `repeats`
     rounds, more (up to 5x) while the rounds so far took less than `min_time` seconds, which
-    gives cheap shapes enough repeats for a stable median on a shared machine."""
+    gives cheap shapes enough repeats for a stable median on a shared machine. Calls whose
+    warm-up took under FAST_CALL_S are timed INNER times per round: in a shape where one slow
+    row sets the number of rounds (BoTNet at L = 4096), the fast rows' medians then rest on
+    3x the samples (two identical forwards in one run had measured 270 and 317 ms)."""
     modes = ("infer", "train")
+    inner = {}
     for row in rows:
         for mode in modes:
             if row.calls[mode] is not None:
+                took = None
                 for _ in range(warmup):
-                    row.calls[mode]()
+                    took = _timed(row.calls[mode], sync)[0]
+                inner[id(row), mode] = INNER if took is not None and took < FAST_CALL_S else 1
     start, r = time.perf_counter(), 0
     while r < repeats or (r < 5 * repeats and time.perf_counter() - start < min_time):
         r += 1
@@ -373,7 +384,8 @@ def _run_rows(torch, rows, repeats, warmup, sync, memory, progress, min_time=0.0
         for row in rows:
             for mode in modes:
                 if row.calls[mode] is not None:
-                    row.times[mode].append(_timed(row.calls[mode], sync))
+                    for _ in range(inner[id(row), mode]):
+                        row.times[mode].append(_timed(row.calls[mode], sync))
     gc.collect()
     for row in rows:
         for mode in modes:

@@ -100,3 +100,28 @@ def test_quick_profile_lightning_overhead(tmp_path):
     assert profile.run(parse("--quick", "--parts", "lightning", "--json", str(target))) == 0
     lit = json.loads(target.read_text())["lightning"]
     assert "skipped" in lit or (lit["lightning_step_s"] > 0 and lit["plain_step_s"] > 0)
+
+
+def test_fast_calls_get_more_timings_per_round(monkeypatch):
+    """A call under FAST_CALL_S is timed INNER times per round, a slow one once: where a slow
+    row limits the rounds, the fast rows' medians rest on more samples."""
+    import time
+
+    import torch
+
+    class NoMemory:
+        def measure(self, fn):
+            return None
+
+    monkeypatch.setattr(profile, "FAST_CALL_S", 0.02)
+    fast = profile.Row("fast", "strategy", lambda: None, None)
+    slow = profile.Row("slow", "strategy", lambda: time.sleep(0.03), None)
+    profile._run_rows(torch, [fast, slow], repeats=2, warmup=1, sync=lambda: None,
+                      memory=NoMemory(), progress=lambda text: None)
+    assert len(fast.times["infer"]) == 2 * profile.INNER
+    assert len(slow.times["infer"]) == 2
+    assert fast.result["infer"]["repeats"] == 2 * profile.INNER
+    cold = profile.Row("cold", "strategy", lambda: None, None)  # no warm-up: no estimate
+    profile._run_rows(torch, [cold], repeats=2, warmup=0, sync=lambda: None, memory=NoMemory(),
+                      progress=lambda text: None)
+    assert len(cold.times["infer"]) == 2
