@@ -35,7 +35,7 @@ def test_matrix_is_a_cartesian_product_with_stable_ids():
     assert changed.runs[0].id not in {r.id for r in exp.runs}
 
 
-def test_memory_knobs_stay_out_of_the_run_id_and_reach_the_model():
+def test_model_knobs_reach_the_model_and_the_run_id_only_when_they_change_results():
     from bench.tasks import backbone_kwargs
 
     base = {"name": "x", "matrix": {"model.fusion": ["sa"]}}
