@@ -210,10 +210,11 @@ def test_global_attend_stays_on_the_fused_cpu_kernel(diagonal):
 
 @pytest.mark.parametrize("diagonal", MODES)
 @pytest.mark.parametrize("recompute", [False, True])
-@pytest.mark.parametrize("chunk_bytes", [1, 5 * 4 * 35, 3 * 7 * 4 * 35])  # 1 row; 5 rows; 3 x 7
+@pytest.mark.parametrize("chunk_bytes", [1, 5 * 4 * 35, 3 * 4 * 35 * 35])  # 1 row; 5; 3 x all
 def test_chunked_attention_in_uneven_chunks(diagonal, recompute, chunk_bytes):
-    """Chunks of one query row, of 5 rows (the last one ragged), and of 3 (batch x head)
-    entries x 7 rows: the same numbers as the reference, forward and gradients."""
+    """Chunks of one query row, of 5 rows (the last one ragged), and of 3 whole (batch x head)
+    entries (8 in all: the last chunk has 2): the same numbers as the reference, forward and
+    gradients."""
     torch.manual_seed(3)
     term = BinaryTerm(C, HEADS, max_size=MAX)
     leaves = qkv(2, 35, seed=5)
@@ -225,6 +226,22 @@ def test_chunked_attention_in_uneven_chunks(diagonal, recompute, chunk_bytes):
 
     assert_same(grads_of(fast, leaves, term),
                 grads_of(lambda: ref_attend(term, *leaves, 5, 7, diagonal), leaves, term))
+
+
+def test_chunk_workspace_is_reused_and_right_across_shapes():
+    """Inference chunks are carved from one workspace kept between calls (lesa/chunked.py,
+    _Buffers): calls at a large, a smaller and again the large shape all equal the reference,
+    and all use the memory the first call set up (held here, so it cannot be freed and handed
+    out again by chance)."""
+    term = BinaryTerm(C, HEADS, max_size=MAX)
+    held = []
+    with torch.no_grad():
+        for b, h, w in [(3, 5, 7), (1, 3, 2), (3, 5, 7)]:
+            q, k, v = qkv(b, h * w, seed=b + h)
+            out, _ = term.attend(q, k, v, h, w)
+            torch.testing.assert_close(out, ref_attend(term, q, k, v, h, w, "keep")[0], **TOL)
+            held.append(lesa.chunked._Buffers(q, "logits").get(1, 1, 1))
+    assert len({t.untyped_storage().data_ptr() for t in held}) == 1
 
 
 def test_chunked_attention_keeps_probabilities_unless_recompute():
