@@ -92,7 +92,7 @@ class _Buffers:
         self.like, self.role = like, role
 
     def get(self, entries: int, rows: int, length: int) -> torch.Tensor:
-        cache = self._cache.__dict__
+        cache = self._cache.__dict__  # this thread's {(role, dtype, device): flat buffer}
         key = (self.role, self.like.dtype, self.like.device)
         numel = entries * rows * length
         flat = cache.get(key)
