@@ -17,7 +17,8 @@ and measures, for inference (forward, no grad, eval mode) and training (forward 
 train mode, parameter grads reset to None before each call, input requiring grad):
 
     time        median wall time of --repeats calls after --warmup calls; rows are interleaved
-                call by call (round robin), so load from other processes hits all rows alike;
+                call by call (round robin, each round starting one row further on), so load
+                from other processes hits all rows alike;
                 calls under 0.5 s are timed 3 times per round (more samples where a slow row
                 limits the rounds).
                 The median CPU time of the process (user + sys, all threads) is kept as well.
@@ -362,9 +363,11 @@ FAST_CALL_S, INNER = 0.5, 3  # see _run_rows
 
 
 def _run_rows(torch, rows, repeats, warmup, sync, memory, progress, min_time=0.0):
-    """Warm up, then time round robin (so load spikes hit every row alike): at least `repeats`
-    rounds, more (up to 5x) while the rounds so far took less than `min_time` seconds, which
-    gives cheap shapes enough repeats for a stable median on a shared machine. Calls whose
+    """Warm up, then time round robin (so load spikes hit every row alike), each round starting
+    one row further on (the heap and caches a row leaves behind vary the next one's time, so no
+    row always runs right after the same one): at least `repeats` rounds, more (up to 5x)
+    while the rounds so far took less than `min_time` seconds, which gives cheap shapes
+    enough repeats for a stable median on a shared machine. Calls whose
     warm-up took under FAST_CALL_S are timed INNER times per round: in a shape where one slow
     row sets the number of rounds (BoTNet at L = 4096), the fast rows' medians then rest on
     3x the samples (two identical forwards in one run had measured 270 and 317 ms)."""
@@ -381,7 +384,7 @@ def _run_rows(torch, rows, repeats, warmup, sync, memory, progress, min_time=0.0
     while r < repeats or (r < 5 * repeats and time.perf_counter() - start < min_time):
         r += 1
         progress(f"round {r} (at least {repeats})")
-        for row in rows:
+        for row in rows[(r - 1) % len(rows):] + rows[:(r - 1) % len(rows)]:
             for mode in modes:
                 if row.calls[mode] is not None:
                     for _ in range(inner[id(row), mode]):

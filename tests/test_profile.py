@@ -125,3 +125,23 @@ def test_fast_calls_get_more_timings_per_round(monkeypatch):
     profile._run_rows(torch, [cold], repeats=2, warmup=0, sync=lambda: None, memory=NoMemory(),
                       progress=lambda text: None)
     assert len(cold.times["infer"]) == 2
+
+
+def test_rounds_rotate_the_row_order(monkeypatch):
+    """Each round starts one row further on: every row runs first once in len(rows) rounds, so
+    no row always follows the same neighbour (whose leftover heap or caches would bias it)."""
+    import torch
+
+    class NoMemory:
+        def measure(self, fn):
+            return None
+
+    monkeypatch.setattr(profile, "FAST_CALL_S", 0.0)  # one call per round per row
+    order = []
+    rows = [profile.Row(name, "strategy", lambda name=name: order.append(name), None)
+            for name in "abc"]
+    profile._run_rows(torch, rows, repeats=3, warmup=0, sync=lambda: None, memory=NoMemory(),
+                      progress=lambda text: None)
+    rounds = [order[i:i + 3] for i in range(0, 9, 3)]
+    assert rounds == [list("abc"), list("bca"), list("cab")]
+    assert all(len(row.times["infer"]) == 3 for row in rows)
