@@ -8,20 +8,19 @@ import lightning as L
 import torch
 
 import lesa
+from bench import flops
 
 
-def count_flops(module: torch.nn.Module, example: torch.Tensor) -> int:
+def forward_flops(module: torch.nn.Module, example: torch.Tensor) -> int:
     """Forward FLOPs of one example (torch.utils.flop_counter, as Lightning's summary does)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    example = example.to(next(module.parameters()).device)
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module(example.to(next(module.parameters()).device))
+        with torch.no_grad():
+            return flops.count_flops(lambda: module(example))
     finally:
         module.train(was_training)
-    return counter.get_total_flops()
 
 
 class CostsAndShares(L.Callback):
@@ -43,7 +42,7 @@ class CostsAndShares(L.Callback):
         self.summary["params"] = sum(p.numel() for p in pl_module.parameters())
         self.summary["backbone_params"] = sum(p.numel() for p in backbone.parameters())
         lesa.record_shares(backbone, False)
-        self.summary["gflops"] = count_flops(backbone, pl_module.example_input_array) / 1e9
+        self.summary["gflops"] = forward_flops(backbone, pl_module.example_input_array) / 1e9
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics({"cost/params": self.summary["params"],
                                         "cost/gflops": self.summary["gflops"]}, step=0)

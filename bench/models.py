@@ -9,7 +9,7 @@ def model_costs(backbone: str, size: int, classes: int, output_stride: int = 32)
     import torch
 
     import lesa
-    from bench.callbacks import count_flops
+    from bench.callbacks import forward_flops
 
     rows = []
     x = torch.zeros(1, 3, size, size)
@@ -17,7 +17,7 @@ def model_costs(backbone: str, size: int, classes: int, output_stride: int = 32)
         model = lesa.build_backbone(backbone, fusion=fusion, num_classes=classes,
                                     output_stride=output_stride, max_size=max(64, size // 8))
         lesa.record_shares(model, False)
-        flops = count_flops(model, x)
+        flops = forward_flops(model, x)
         with torch.no_grad():
             model.eval()
             features = model.forward_features(x)

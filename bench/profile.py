@@ -62,6 +62,8 @@ import time
 import warnings
 from pathlib import Path
 
+from bench.flops import count_flops
+
 DEFAULT_SHAPES = ("8,256,16,16", "8,256,32,32", "8,256,64,64")
 QUICK_SHAPES = ("2,32,8,8",)
 PARTS = ("table", "window", "network", "lightning")
@@ -180,14 +182,6 @@ def _timed(fn, sync) -> tuple[float, float, float]:
     sync()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_stime - before.ru_stime
-
-
-def _flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def _stats(times: list[tuple[float, float, float]]) -> dict:
@@ -398,7 +392,7 @@ def _run_rows(torch, rows, repeats, warmup, sync, memory, progress, min_time=0.0
                 continue
             result = _stats(row.times[mode])
             result["peak_mem_bytes"] = memory.measure(fn)
-            result["flops"] = _flops(fn)
+            result["flops"] = count_flops(fn)
             row.result[mode] = result
 
 

@@ -1,0 +1,48 @@
+"""FLOPs of one call, by torch.utils.flop_counter, with CPU attention counted on every torch.
+
+FlopCounterMode counts SDPA's CUDA kernels, but torch 2.14 and older have no formula for its
+fused CPU kernel (`_scaled_dot_product_flash_attention_for_cpu` and its backward): on those
+versions a windowed LESA term, the fused core path and the profile's SDPA ceiling counted 0
+FLOPs for their attention. The missing formulas are passed in as `custom_mapping` (same math
+as torch's own SDPA formulas, zero padding counted as executed) only where the installed
+torch lacks them, so a newer torch's own formulas win.
+"""
+from __future__ import annotations
+
+
+def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args,
+                       out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def _missing_formulas() -> dict:
+    import torch
+    from torch.utils.flop_counter import flop_registry
+
+    aten = torch.ops.aten
+    formulas = {}
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward",
+                           _cpu_sdpa_backward)):
+        op = getattr(aten, name, None)
+        if op is not None and op not in flop_registry:
+            formulas[op] = formula
+    return formulas
+
+
+def count_flops(fn) -> int:
+    """Total FLOPs (2 per multiply-add) of the torch ops that `fn()` runs: matmuls,
+    convolutions and attention kernels as executed; elementwise ops are not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, custom_mapping=_missing_formulas()) as counter:
+        fn()
+    return counter.get_total_flops()
