@@ -1,11 +1,11 @@
 """FLOPs of one call, by torch.utils.flop_counter, with CPU attention counted on every torch.
 
-FlopCounterMode counts SDPA's CUDA kernels, but torch 2.14 and older have no formula for its
-fused CPU kernel (`_scaled_dot_product_flash_attention_for_cpu` and its backward): on those
-versions a windowed LESA term, the fused core path and the profile's SDPA ceiling counted 0
-FLOPs for their attention. The missing formulas are passed in as `custom_mapping` (same math
-as torch's own SDPA formulas, zero padding counted as executed) only where the installed
-torch lacks them, so a newer torch's own formulas win.
+FlopCounterMode counts SDPA's CUDA kernels, but before torch 2.15 it had no formula for its
+fused CPU kernel (`_scaled_dot_product_flash_attention_for_cpu` and its backward; pytorch
+issue #195460, fixed by PR #195801): with torch 2.14.1 a windowed LESA term, the fused core
+path and the profile's SDPA ceiling counted 0 FLOPs for their attention. The missing formulas
+are passed in as `custom_mapping` (torch's own SDPA formulas, zero padding counted as
+executed) only where the installed torch lacks them, so a newer torch's own formulas win.
 """
 from __future__ import annotations
 
