@@ -293,6 +293,40 @@ def print_tables(exp: Experiment, records: list[RunRecord], console: Console) ->
                           soft_wrap=True)
     for line in _flag_lines(records):
         console.print(f"  [magenta]flagged[/] {escape(line)}", soft_wrap=True)
+    envs = environments(records)
+    if len(envs) == 1:
+        console.print(f"environment: {escape(next(iter(envs)))}", style="dim", soft_wrap=True)
+    elif envs:
+        console.print(f"[yellow]mixed environments:[/] these runs come from {len(envs)}; float "
+                      "rounding differs between them and training amplifies it, so one config "
+                      "can give other numbers in each")
+        for label, ids in envs.items():
+            console.print(f"  {escape(label)}: {len(ids)} run(s)", soft_wrap=True)
+
+
+def environment_label(env: dict) -> str:
+    """One line naming what a run's rounding depends on (bench.runner.environment)."""
+    device = str(env.get("device"))
+    if env.get("cpu_capability"):
+        device += f" ({env['cpu_capability']})"
+    parts = [f"torch {env.get('torch')}", f"lightning {env.get('lightning')}", device]
+    if env.get("cuda"):
+        parts.append(f"CUDA {env['cuda']}")
+    threads = env.get("threads")
+    parts.append(f"{threads} thread{'' if threads == 1 else 's'}")
+    parts += [f"{k}={v}" for k, v in sorted((env.get("variables") or {}).items())]
+    return ", ".join(parts)
+
+
+def environments(records: list[RunRecord]) -> dict[str, list[str]]:
+    """Environment label -> ids of the finished runs that recorded it (runs stored before
+    metrics.json had an "environment" are left out)."""
+    found: dict[str, list[str]] = {}
+    for r in records:
+        env = (r.metrics or {}).get("environment") if r.state == "done" else None
+        if isinstance(env, dict):
+            found.setdefault(environment_label(env), []).append(r.run.id)
+    return found
 
 
 SHARE_METRICS = {"classification": ("shares/unary", "shares/binary"),
@@ -358,7 +392,9 @@ def export_records(exp: Experiment, records: list[RunRecord]) -> dict:
                         "failure": r.status.get("failure")}
                        for r in records if r.state == "failed"],
             "flagged": [{"run": r.run.id, "state": r.state, "why": FLAGGED[r.state]}
-                        for r in flagged(records)]}
+                        for r in flagged(records)],
+            "environments": [{"environment": label, "runs": ids}
+                             for label, ids in environments(records).items()]}
 
 
 def _export_text(exp, records, fmt: str) -> str:
@@ -380,6 +416,10 @@ def _export_text(exp, records, fmt: str) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         notes = [f"failed: {r.run.id}: {r.status.get('error')}" for r in records
                  if r.state == "failed"] + [f"flagged: {line}" for line in _flag_lines(records)]
+        envs = environments(records)
+        if len(envs) > 1:
+            notes += [f"mixed environments: {label}: {len(ids)} run(s)"
+                      for label, ids in envs.items()]
         if notes:
             lines += [""] + [f"- {note}" for note in notes]
         return "\n".join(lines) + "\n"

@@ -103,3 +103,38 @@ def test_unwritable_results_directory(tiny_experiment, tmp_path, capsys):
     assert main(["run", str(exp), "--results", str(blocker / "results")]) == 2
     text = " ".join(capsys.readouterr().out.split())
     assert "not writable" in text and "--results" in text and "Traceback" not in text
+
+
+def test_runs_record_their_environment_and_the_report_names_it(tiny_experiment, tmp_path,
+                                                                capsys):
+    import torch
+
+    exp = tiny_experiment(matrix={"model.fusion": ["conv"], "seed": [0, 1]})
+    results = tmp_path / "results"
+    assert main(["run", str(exp), "--results", str(results)]) == 0
+    runs = list(run_dirs(results, "tiny").values())
+    for rd in runs:
+        env = rd.metrics()["environment"]
+        assert env["torch"] == torch.__version__
+        assert env["threads"] == torch.get_num_threads()
+        assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert env["device"]
+    capsys.readouterr()
+    assert main(["report", str(exp), "--results", str(results)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"environment: torch {torch.__version__}" in text and "mixed" not in text
+
+    # one run from another thread count: the report says the table mixes two environments
+    metrics = runs[1].metrics()
+    metrics["environment"]["threads"] = 64
+    runs[1].write_metrics(metrics)
+    assert main(["report", str(exp), "--results", str(results)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "mixed environments: these runs come from 2" in text
+    assert "64 threads: 1 run(s)" in text
+    out = tmp_path / "r.json"
+    assert main(["report", str(exp), "--results", str(results), "--format", "json",
+                 "-o", str(out)]) == 0
+    envs = json.loads(out.read_text())["environments"]
+    assert sorted(len(e["runs"]) for e in envs) == [1, 1]
+    assert {runs[1].id} in [set(e["runs"]) for e in envs]
