@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 
@@ -84,6 +85,7 @@ def test_quick_profile_writes_json(tmp_path):
     assert set(targets) == set(profile.TARGETS_TEXT)
     assert targets["network_train"]["value"] is not None
     assert targets["core_vs_matmul"]["met"] is None  # L = 4096 was not measured
+    assert targets["lightning_step"]["met"] is None  # the lightning part was not run
 
 
 def test_profile_rejects_bad_arguments():
@@ -98,8 +100,15 @@ def test_quick_profile_lightning_overhead(tmp_path):
     pytest.importorskip("lightning")
     target = tmp_path / "profile.json"
     assert profile.run(parse("--quick", "--parts", "lightning", "--json", str(target))) == 0
-    lit = json.loads(target.read_text())["lightning"]
-    assert "skipped" in lit or (lit["lightning_step_s"] > 0 and lit["plain_step_s"] > 0)
+    report = json.loads(target.read_text())
+    lit = report["lightning"]
+    assert "skipped" not in lit, lit
+    assert lit["lightning_step_s"] > 0 and lit["plain_step_s"] > 0
+    # the ratio is the median over back-to-back pairs, not a ratio of pooled medians
+    assert len(lit["pair_ratios"]) == 2
+    assert lit["overhead_ratio"] == pytest.approx(statistics.median(lit["pair_ratios"]))
+    target_row = next(t for t in report["targets"] if t["target"] == "lightning_step")
+    assert target_row["value"] == pytest.approx(lit["overhead_ratio"])
 
 
 def test_fast_calls_get_more_timings_per_round(monkeypatch):
