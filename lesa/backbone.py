@@ -100,8 +100,8 @@ class ResNet(nn.Module):
     to int or None, e.g. {3: None, 4: 8}; None (default) keeps global attention everywhere.
     `channels_last=True` keeps the weights and every feature map in the channels-last memory
     format (the input is converted on entry; the features come out channels last): on CPU a
-    training step takes ~0.8x the time, but with torch 2.15's CPU kernels the gradients are
-    less precise (README, The library), so it is off by default.
+    training step took ~0.8x the time on one machine (README, The library, also for why it is
+    off by default).
     `recompute_attention=True` makes every global attention rebuild its softmax weights in the
     backward pass instead of keeping them (`BinaryTerm.recompute`: memory O(L), not L x L), and
     every windowed one whose operands exceed its `chunk_bytes` rebuild them in checkpointed

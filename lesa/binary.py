@@ -23,10 +23,9 @@ Two paths (`BinaryTerm.kernel`; "auto" = "chunked" on CPU, "sdpa" elsewhere):
 
 - "chunked" (for CPU): lesa/chunked.py, explicit logits at the real head width in cache-sized
   chunks (BoTNet's math without its L x L tensors for the whole batch), a custom autograd
-  Function for the backward. Measured on the 2-core CPU against the fused call below (fwd+bwd
-  of the attention, B=8, C=256, 8 heads; L = 4096 at B=2): 0.6-0.73x its time at L = 256,
-  0.5x at L = 1024 and 0.32-0.35x at L = 4096 (`lesa-bench profile`, with and without glibc
-  keeping freed memory).
+  Function for the backward. Measured on two 2-core CPUs against the fused call below
+  (fwd+bwd of the attention, B=8, C=256, 8 heads; L = 4096 at B=2): 0.6-1.03x its time at
+  L = 256, 0.5-0.67x at L = 1024 and 0.32-0.41x at L = 4096 (`lesa-bench profile`).
 - "sdpa" (and "auto" off CPU): one `scaled_dot_product_attention` call, so the fused (flash /
   memory-efficient) kernels apply. torch's fused kernels need q/k and v of one head width; with
   unequal widths SDPA silently takes its math path, which builds the L x L weights. So
@@ -205,7 +204,7 @@ class BinaryTerm(nn.Module):
         k_wide = torch.cat([k, onehots], dim=-1)
         return q_wide, k_wide
 
-    # "auto": the chunked explicit path on CPU (2-3x faster there), the fused SDPA call elsewhere
+    # "auto": the chunked explicit path on CPU (faster there from L = 1024), fused SDPA elsewhere
     # (GPU flash / memory-efficient kernels); "sdpa" / "chunked" force one path on any device
     kernel = "auto"
     recompute = False  # chunked path: rebuild the softmax weights in backward (lesa/chunked.py)

@@ -13,8 +13,9 @@ backward chunk by chunk with the same buffers.
 Why not one fused `scaled_dot_product_attention` call here (the GPU path, lesa/binary.py)? It
 needs the relative logits folded in by widening q and k to d + H + W channels (144 at 64x64
 against d = 16) and torch's fused CPU kernel needs v padded to that width, so it does 2.3-6.9x
-the FLOPs of this path (L = 256 to 4096) and took 1.4-3.1x its fwd+bwd time on the 2-core CPU
-(`lesa-bench profile`, rows "core: attend" and "core: fused SDPA"; README, performance).
+the FLOPs of this path (L = 256 to 4096) and took 1.5-3.1x its fwd+bwd time from L = 1024 on
+two 2-core CPUs, 0.97-1.7x at L = 256 (`lesa-bench profile`, rows "core: attend" and "core:
+fused SDPA"; README, performance).
 
 Memory. By default the softmax weights of every chunk are kept for the backward pass (one
 B x heads x L x L tensor in all, as autograd would keep for explicit attention). With
@@ -32,7 +33,9 @@ import torch
 _softmax_out = torch.ops.aten._softmax.out
 _softmax_backward_out = torch.ops.aten._softmax_backward_data.out
 
-CHUNK_BYTES = 8 * 2**20  # logits buffer per chunk: measured best of 2 / 4 / 8 MiB on CPU
+# logits per chunk: of 0.5-64 MiB, 8 was best on one 2-core CPU, 16-32 within noise of it on
+# another (README, Performance)
+CHUNK_BYTES = 8 * 2**20
 
 
 def relative_attention(q, k, v, by_row, by_col, height: int, width: int, scale: float,
