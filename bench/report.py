@@ -318,14 +318,17 @@ def environment_label(env: dict) -> str:
     return ", ".join(parts)
 
 
+NOT_RECORDED = "not recorded (run before metrics.json had an environment)"
+
+
 def environments(records: list[RunRecord]) -> dict[str, list[str]]:
-    """Environment label -> ids of the finished runs that recorded it (runs stored before
-    metrics.json had an "environment" are left out)."""
+    """Environment label -> ids of the finished runs in it."""
     found: dict[str, list[str]] = {}
     for r in records:
-        env = (r.metrics or {}).get("environment") if r.state == "done" else None
-        if isinstance(env, dict):
-            found.setdefault(environment_label(env), []).append(r.run.id)
+        if r.state == "done":
+            env = (r.metrics or {}).get("environment")
+            label = environment_label(env) if isinstance(env, dict) else NOT_RECORDED
+            found.setdefault(label, []).append(r.run.id)
     return found
 
 

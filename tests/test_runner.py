@@ -138,3 +138,10 @@ def test_runs_record_their_environment_and_the_report_names_it(tiny_experiment, 
     envs = json.loads(out.read_text())["environments"]
     assert sorted(len(e["runs"]) for e in envs) == [1, 1]
     assert {runs[1].id} in [set(e["runs"]) for e in envs]
+
+    # a run stored before environments were recorded counts as an environment of its own
+    del metrics["environment"]
+    runs[1].write_metrics(metrics)
+    assert main(["report", str(exp), "--results", str(results)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "mixed environments" in text and "not recorded (run before" in text
