@@ -119,6 +119,8 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
         resume = os.environ.get(_DDP_RESUME) or None
     else:
         resume = resume_point(run_dir, run, dict(task.hparams))
+    # read before training: if it could fail, it fails before hours of work, not after
+    env = environment(trainer.strategy.root_device.type)
     launched = _announce_ddp_run(run, resume) if trainer.world_size > 1 else {}
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
@@ -141,7 +143,7 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
                                                     "train_images_per_s")},
         "shares": costs.summary.get("test_shares"),
         "val_shares": costs.summary.get("val_shares"),
-        "environment": environment(trainer.strategy.root_device.type),
+        "environment": env,
     }
 
 
@@ -155,7 +157,8 @@ def environment(device_type: str) -> dict:
     versions, the device and the kernels it runs, the thread count. They all change float
     rounding, which training amplifies: the quick experiment's conv digits run, seed 0, ends at
     94.14 % test accuracy with this CPU's AVX-512 kernels and at 94.71 % with its AVX2 ones.
-    `report` says which environments a table's runs come from."""
+    A resumed run records the process that finished it. `report` says which environments a
+    table's runs come from."""
     import platform
 
     import lightning
