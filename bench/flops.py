@@ -6,6 +6,8 @@ issue #195460, fixed by PR #195801): with torch 2.14.1 a windowed LESA term, the
 path and the profile's SDPA ceiling counted 0 FLOPs for their attention. The missing formulas
 are passed in as `custom_mapping` (torch's own SDPA formulas, zero padding counted as
 executed) only where the installed torch lacks them, so a newer torch's own formulas win.
+LESA's own fused CPU kernel (lesa/fused_cpu.py, a torch custom op) is counted as the two
+products it computes, q k^T and p v, at the real widths.
 """
 from __future__ import annotations
 
@@ -23,12 +25,20 @@ def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *arg
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-def _missing_formulas() -> dict:
+def _lesa_fused(query_shape, k_tiles_shape, value_shape, *args, out_shape=None,
+                **kwargs) -> int:
+    n, length, d = query_shape
+    return 2 * n * length * length * (d + value_shape[-1])
+
+
+def _formulas() -> dict:
     import torch
     from torch.utils.flop_counter import flop_registry
 
+    import lesa.fused_cpu  # noqa: F401  (registers torch.ops.lesa.relative_attention_cpu)
+
     aten = torch.ops.aten
-    formulas = {}
+    formulas = {torch.ops.lesa.relative_attention_cpu: _lesa_fused}
     for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa),
                           ("_scaled_dot_product_flash_attention_for_cpu_backward",
                            _cpu_sdpa_backward)):
@@ -43,6 +53,6 @@ def count_flops(fn) -> int:
     convolutions and attention kernels as executed; elementwise ops are not counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False, custom_mapping=_missing_formulas()) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_formulas()) as counter:
         fn()
     return counter.get_total_flops()

@@ -8,8 +8,10 @@ For each shape B,C,H,W (default: B=8, C=256 at 16x16, 32x32 and 64x64, i.e. L = 
     peers       timm.layers BottleneckAttn (BoTNet: global attention with 2-D relative logits)
                 and HaloAttn (blocked local attention; same block and halo as --window)
     core        BinaryTerm.attend alone (the attention core, on random q, k, v): the device's
-                default path (on CPU the chunked explicit path, lesa/chunked.py), the chunked
-                path with recompute=True, and the fused SDPA path (the default off CPU)
+                default path (on CPU the fused kernel of lesa/fused_cpu.py in inference where
+                it applies, the chunked explicit path of lesa/chunked.py in training), the
+                chunked path's torch ops in inference, the chunked path with recompute=True,
+                and the fused SDPA path (the default off CPU)
     ceilings    scaled_dot_product_attention without a mask on the q/k/v shapes the fused core
                 path feeds it, and a square matmul (--matmul-size)
 
@@ -314,18 +316,23 @@ def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
     width = _round_up(max(d + h + w, dv), 8)
     widened = 2 * b * heads * length * length * (d + h + w + dv)  # the fused path's dot products
     explicit = 2 * b * heads * length * length * (d + dv)  # q k^T and a v at the real widths
-    cores = [("core: attend", "core", "auto", False),
-             ("core: attend, recompute", "core:recompute", "chunked", True),
-             ("core: fused SDPA", "core:sdpa", "sdpa", False)]
+    # (name, kind, kernel, recompute, train): the torch-op row is inference only, its training
+    # is the default row's on CPU
+    cores = [("core: attend", "core", "auto", False, True),
+             ("core: chunked, torch ops", "core:torch-ops", "chunked", False, False),
+             ("core: attend, recompute", "core:recompute", "chunked", True, True),
+             ("core: fused SDPA", "core:sdpa", "sdpa", False, True)]
     default_is_sdpa = BinaryTerm(c, heads, max_size).uses_sdpa(q)
-    for name, kind, kernel, recompute in cores:
+    for name, kind, kernel, recompute, train in cores:
         if kind == "core:sdpa" and default_is_sdpa:
             continue  # off CPU the default row already is the fused path
         term = BinaryTerm(c, heads, max_size).to(device=device, dtype=dtype)
         term.kernel, term.recompute = kernel, recompute
         row = _tensor_row(torch, name, kind,
                           lambda q, k, v, term=term: term.attend(q, k, v, h, w)[0], [q, k, v])
-        row.result["path"] = "fused SDPA" if term.uses_sdpa(q) else "chunked explicit"
+        if not train:
+            row.calls["train"] = None
+        row.result["path"] = _core_path(term, q, v)
         row.result["useful_flops_infer"] = widened if term.uses_sdpa(q) else explicit
         row.result["sdpa_width"] = width if term.uses_sdpa(q) else None
         rows.append(row)
@@ -336,6 +343,16 @@ def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
                             lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
                             [qs, ks, vs]))
     return rows
+
+
+def _core_path(term, q, v) -> str:
+    from lesa import fused_cpu
+
+    if term.uses_sdpa(q):
+        return "fused SDPA"
+    if term.kernel == "auto" and fused_cpu.applies(q, v):
+        return "fused CPU kernel (inference), chunked (training)"
+    return "chunked explicit"
 
 
 def _matmul_row(torch, n, device, dtype):
@@ -832,7 +849,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console() if Console().is_terminal else Console(width=140)
     import torch
 
-    import lesa  # noqa: F401  (fail early, before timm or lightning load)
+    from lesa import fused_cpu  # and lesa: fail early, before timm or lightning load
 
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
@@ -877,7 +894,11 @@ def run(args: argparse.Namespace) -> int:
         "argv": sys.argv[1:], "notes": notes,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "timm": getattr(sys.modules.get("timm"), "__version__", None),
+        "fused_cpu_attention": fused_cpu.status() if device.type == "cpu" else None,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S")}}
+    if device.type == "cpu":
+        console.print(f"[dim]fused CPU attention kernel (lesa/fused_cpu.py): "
+                      f"{result['meta']['fused_cpu_attention']}")
     if device.type == "cuda":
         result["meta"]["gpu"] = torch.cuda.get_device_name(device)
     if "table" in parts:

@@ -310,6 +310,9 @@ def environment_label(env: dict) -> str:
     if env.get("cpu_capability"):
         device += f" ({env['cpu_capability']})"
     parts = [f"torch {env.get('torch')}", f"lightning {env.get('lightning')}", device]
+    if env.get("fused_attention"):  # lesa/fused_cpu.py, recorded since it exists
+        parts.append("fused attention kernel" if env["fused_attention"] == "in use"
+                     else "attention on torch ops")
     if env.get("cuda"):
         parts.append(f"CUDA {env['cuda']}")
     threads = env.get("threads")

@@ -149,7 +149,7 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
 
 # variables that change which CPU kernels run (and so the float rounding), recorded if set
 _KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
-                     "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
+                     "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "LESA_FUSED_CPU")
 
 
 def environment(device_type: str) -> dict:
@@ -169,8 +169,11 @@ def environment(device_type: str) -> dict:
     if device_type == "cuda":
         env.update(device=torch.cuda.get_device_name(), cuda=torch.version.cuda)
     elif device_type == "cpu":
+        from lesa import fused_cpu
+
         env.update(device=_cpu_name() or platform.processor() or platform.machine(),
-                   cpu_capability=torch.backends.cpu.get_cpu_capability())
+                   cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                   fused_attention=fused_cpu.status())  # evaluation's attention kernel
     else:
         env["device"] = device_type
     variables = {k: os.environ[k] for k in _KERNEL_VARIABLES if k in os.environ}

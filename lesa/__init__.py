@@ -1,9 +1,11 @@
-"""lesa: Locally Enhanced Self-Attention as a pure-torch layer library.
+"""lesa: Locally Enhanced Self-Attention as a torch layer library (pure torch, plus one optional
+C++ kernel for CPU inference that falls back to torch ops where it cannot be built).
 
     from lesa import LESA2d, FUSIONS, build_backbone, shares
 
-Read in this order: unary.py (local term), binary.py (context term) and chunked.py (its CPU
-path), fusion.py (strategies), block.py (LESA2d and the share report), backbone.py (ResNets).
+Read in this order: unary.py (local term), binary.py (context term), chunked.py (its CPU
+path) and fused_cpu.py (+ fused_attention.cpp: the same in CPU inference, one kernel),
+fusion.py (strategies), block.py (LESA2d and the share report), backbone.py (ResNets).
 """
 from .backbone import ARCHS, ResNet, build_backbone
 from .binary import BinaryTerm, RelativePosition2d

@@ -21,7 +21,9 @@ is s_ii and whose value is a unit channel: the sink's weight is a_ii / (1 + a_ii
 
 Two paths (`BinaryTerm.kernel`; "auto" = "chunked" on CPU, "sdpa" elsewhere):
 
-- "chunked" (for CPU): lesa/chunked.py, explicit logits at the real head width in cache-sized
+- "chunked" (for CPU): in inference (no autograd), under "auto", one hand-written kernel where
+  the CPU has AVX-512 (lesa/fused_cpu.py: 1.5-2.2x faster than the torch ops below); else
+  lesa/chunked.py, explicit logits at the real head width in cache-sized
   chunks (BoTNet's math without its L x L tensors for the whole batch), a custom autograd
   Function for the backward. Measured on two 2-core CPUs against the fused call below
   (fwd+bwd of the attention, B=8, C=256, 8 heads; L = 4096 at B=2): 0.6-1.03x its time at
@@ -43,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_cpu
 from .chunked import relative_attention
 
 
@@ -75,18 +78,26 @@ class RelativePosition2d(nn.Module):
                 scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """q (B, heads, L, d) -> logits over key rows (B, heads, L, H) and columns (..., W),
         times `scale` (applied to the small tables, not to the logits)."""
+        by_row, by_col = self.grids(q, height, width, scale)
+        b, h, length, _ = q.shape
+        return by_row.reshape(b, h, length, height), by_col.reshape(b, h, length, width)
+
+    def grids(self, q: torch.Tensor, height: int, width: int,
+              scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same logits over the query grid, (B, heads, H, W, H) and (B, heads, H, W, W), as
+        strided views of the GEMM results (forward's (B, heads, L, .) needs one copy each:
+        33 MB in all at B=2, 64x64, 8 heads, which the fused CPU kernel reads in place)."""
         if height > self.max_size or width > self.max_size:
             raise ValueError(
                 f"feature map {height}x{width} is larger than the relative position tables "
                 f"({self.max_size}x{self.max_size}); build the model with a larger max_size"
             )
-        b, h, length, d = q.shape
+        b, h, _, d = q.shape
         q2d = q.view(b, h, height, width, d)
         rel_h, rel_w = (self.rel_h, self.rel_w) if scale == 1.0 else \
             (self.rel_h * scale, self.rel_w * scale)
-        by_row = self._logits(q2d, rel_h, height, axis=0)
-        by_col = self._logits(q2d, rel_w, width, axis=1)
-        return by_row.reshape(b, h, length, height), by_col.reshape(b, h, length, width)
+        return (self._logits(q2d, rel_h, height, axis=0),
+                self._logits(q2d, rel_w, width, axis=1))
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -204,8 +215,10 @@ class BinaryTerm(nn.Module):
         k_wide = torch.cat([k, onehots], dim=-1)
         return q_wide, k_wide
 
-    # "auto": the chunked explicit path on CPU (faster there from L = 1024), fused SDPA elsewhere
-    # (GPU flash / memory-efficient kernels); "sdpa" / "chunked" force one path on any device
+    # "auto": the chunked explicit path on CPU (faster there from L = 1024; in inference the fused
+    # kernel of lesa/fused_cpu.py where it applies), fused SDPA elsewhere (GPU flash /
+    # memory-efficient kernels); "sdpa" / "chunked" force one path on any device ("chunked":
+    # the torch ops of lesa/chunked.py, also in inference)
     kernel = "auto"
     recompute = False  # chunked path: rebuild the softmax weights in backward (lesa/chunked.py)
 
@@ -219,7 +232,8 @@ class BinaryTerm(nn.Module):
 
         diagonal: "keep" (plain attention), "mask" (j = i removed, renormalised over j != i),
         or "report" (plain attention plus a_ii (B, heads, L) from the same call). On CPU the
-        chunked explicit path (lesa/chunked.py), elsewhere one fused SDPA call (`kernel`).
+        chunked explicit path (lesa/chunked.py; in inference lesa/fused_cpu.py's kernel where
+        it applies), elsewhere one fused SDPA call (`kernel`).
         """
         if diagonal not in ("keep", "mask", "report"):
             raise ValueError(f"diagonal must be keep, mask or report, not {diagonal!r}")
@@ -229,9 +243,16 @@ class BinaryTerm(nn.Module):
             # devices give NaN for a fully masked row)
             return v * 0.0, None
         if not self.uses_sdpa(q):
+            scale = self.qk_dim**-0.5
+            inference = not (torch.is_grad_enabled() and any(
+                t.requires_grad for t in (q, k, v, self.rel.rel_h, self.rel.rel_w)))
+            if self.kernel == "auto" and inference and fused_cpu.applies(q, v):
+                by_row, by_col = self.rel.grids(q, height, width)
+                return fused_cpu.relative_attention(q, k, v, by_row, by_col, height, width,
+                                                    scale, diagonal)
             by_row, by_col = self.rel(q, height, width)
-            return relative_attention(q, k, v, by_row, by_col, height, width,
-                                      self.qk_dim**-0.5, diagonal, self.recompute)
+            return relative_attention(q, k, v, by_row, by_col, height, width, scale, diagonal,
+                                      self.recompute)
         mask = None
         if diagonal == "mask":
             # rank-4 float mask without grad: keeps SDPA on its fused CPU kernel

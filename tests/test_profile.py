@@ -55,13 +55,18 @@ def test_quick_profile_writes_json(tmp_path):
     assert {"strategy", "peer", "core", "core:recompute", "core:sdpa", "ceiling:sdpa",
             "ceiling:matmul"} <= kinds
     paths = {r["kind"]: r["path"] for r in shape["rows"] if r["kind"].startswith("core")}
-    assert paths == {"core": "chunked explicit", "core:recompute": "chunked explicit",
-                     "core:sdpa": "fused SDPA"}  # the suite's CPU path, and the other one
+    from lesa import fused_cpu
+
+    default = ("fused CPU kernel (inference), chunked (training)" if fused_cpu.available()
+               else "chunked explicit")
+    assert paths == {"core": default, "core:torch-ops": "chunked explicit",
+                     "core:recompute": "chunked explicit",
+                     "core:sdpa": "fused SDPA"}  # the suite's CPU paths, and the other one
     for r in shape["rows"]:
         assert ROW_KEYS <= set(r), r["name"]
         assert MODE_KEYS <= set(r["infer"]), r["name"]
         assert r["infer"]["time_s"] > 0 and math.isfinite(r["infer"]["time_s"])
-        if r["kind"] == "ceiling:matmul":
+        if r["kind"] in ("ceiling:matmul", "core:torch-ops"):  # inference only
             assert r["train"] is None
             continue
         assert MODE_KEYS <= set(r["train"]), r["name"]

@@ -109,6 +109,8 @@ def test_runs_record_their_environment_and_the_report_names_it(tiny_experiment, 
                                                                 capsys):
     import torch
 
+    from lesa import fused_cpu
+
     exp = tiny_experiment(matrix={"model.fusion": ["conv"], "seed": [0, 1]})
     results = tmp_path / "results"
     assert main(["run", str(exp), "--results", str(results)]) == 0
@@ -118,6 +120,7 @@ def test_runs_record_their_environment_and_the_report_names_it(tiny_experiment, 
         assert env["torch"] == torch.__version__
         assert env["threads"] == torch.get_num_threads()
         assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert env["fused_attention"] == fused_cpu.status()
         assert env["device"]
     capsys.readouterr()
     assert main(["report", str(exp), "--results", str(results)]) == 0
