@@ -22,7 +22,7 @@ is s_ii and whose value is a unit channel: the sink's weight is a_ii / (1 + a_ii
 Two paths (`BinaryTerm.kernel`; "auto" = "chunked" on CPU, "sdpa" elsewhere):
 
 - "chunked" (for CPU): in inference (no autograd), under "auto", one hand-written kernel where
-  the CPU has AVX-512 (lesa/fused_cpu.py: 1.5-2.2x faster than the torch ops below); else
+  the CPU has AVX-512 (lesa/fused_cpu.py: 1.3-2.1x faster than the torch ops below); else
   lesa/chunked.py, explicit logits at the real head width in cache-sized
   chunks (BoTNet's math without its L x L tensors for the whole batch), a custom autograd
   Function for the backward. Measured on two 2-core CPUs against the fused call below

@@ -4,7 +4,7 @@ lesa/fused_attention.cpp computes what lesa/chunked.py computes (softmax over ke
 q k^T / sqrt(d) plus the 2-D relative logits, times v; a_ii or j = i removed on request) for a
 few query rows at a time with their logits kept in L2, in AVX-512 intrinsics. It exists because
 no library fuses a relative-position bias into attention on CPU: torch's fused CPU attention
-takes it only as a materialised L x L mask (1.8-2.1x slower than the torch-op path at
+takes it only as a materialised L x L mask (1.8-2.3x slower than the torch-op path at
 L = 4096), FlexAttention compiles to a slower loop on CPU, and the torch-op path
 (lesa/chunked.py) spends most of its time moving each chunk's logits between four kernels.
 Measured side by side: `lesa-bench profile`, rows "core: attend" and "core: chunked, torch
