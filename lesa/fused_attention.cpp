@@ -219,8 +219,9 @@ void row_group(const Problem& pb, int64_t e, int64_t r0, int64_t r_end, float* s
   }
 }
 
+// Returns false if a thread's buffer could not be allocated (then out is incomplete).
 template <int G, int NV>
-void run(const Problem& pb) {
+bool run(const Problem& pb) {
   const int64_t L = pb.length;
   const int64_t block = 4 * G;  // rows per task
   const int64_t blocks = (L + block - 1) / block;
@@ -228,6 +229,7 @@ void run(const Problem& pb) {
   // tasks handed out one by one (not torch's static split): a thread slowed by another process
   // does less of the work instead of holding up the call
   std::atomic<int64_t> next{0};
+  std::atomic<bool> allocated{true};
   at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), tasks), 1,
                    [&](int64_t, int64_t) {
     // row stride one cache line past the padded length: rows 4 KiB apart would share L1 sets
@@ -235,6 +237,10 @@ void run(const Problem& pb) {
     const size_t bytes = static_cast<size_t>(G) * stride * sizeof(float);  // a multiple of 64
     std::unique_ptr<float, decltype(&std::free)> s(
         static_cast<float*>(std::aligned_alloc(64, bytes)), &std::free);
+    if (!s) {
+      allocated = false;
+      return;
+    }
     std::vector<float> qg(static_cast<size_t>(G) * pb.d);
     for (int64_t t = next++; t < tasks; t = next++) {
       const int64_t e = t / blocks, r0 = (t % blocks) * block, r_end = std::min(r0 + block, L);
@@ -242,14 +248,15 @@ void run(const Problem& pb) {
         row_group<G, NV>(pb, e, r, r_end, s.get(), stride, qg.data());
     }
   });
+  return allocated;
 }
 
 }  // namespace
 
 extern "C" {
 
-// Returns 0 on success, 1 if dv is out of the supported range (1..64). table_strides: the six
-// strides of Problem (by_row's three, then by_col's).
+// Returns 0 on success, 1 if dv is out of the supported range (1..64), 2 if a buffer could not
+// be allocated. table_strides: the six strides of Problem (by_row's three, then by_col's).
 int lesa_relative_attention_f32(const float* q, const float* kt, const float* v,
                                 const float* by_row, const float* by_col, float* out,
                                 float* a_ii, int64_t n, int64_t length, int64_t d, int64_t dv,
@@ -260,10 +267,10 @@ int lesa_relative_attention_f32(const float* q, const float* kt, const float* v,
                    length, d,      dv,     height, width,  mode,   ts[0],  ts[1],
                    ts[2],  ts[3],  ts[4],  ts[5]};
   switch ((dv + 15) / 16) {
-    case 1: run<8, 1>(pb); return 0;
-    case 2: run<8, 2>(pb); return 0;
-    case 3: run<6, 3>(pb); return 0;
-    case 4: run<4, 4>(pb); return 0;
+    case 1: return run<8, 1>(pb) ? 0 : 2;
+    case 2: return run<8, 2>(pb) ? 0 : 2;
+    case 3: return run<6, 3>(pb) ? 0 : 2;
+    case 4: return run<4, 4>(pb) ? 0 : 2;
     default: return 1;
   }
 }

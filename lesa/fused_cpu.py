@@ -155,8 +155,10 @@ def _op(q: torch.Tensor, k_tiles: torch.Tensor, v: torch.Tensor, by_row: torch.T
                        by_col.data_ptr(), out.data_ptr(),
                        a_ii.data_ptr() if a_ii.numel() else None,
                        n, length, d, dv, height, width, mode, strides)
-    if code:
+    if code == 1:
         raise ValueError(f"value width {dv} is outside the fused kernel's 1..64")
+    if code:
+        raise MemoryError("the fused kernel could not allocate its per-thread logits buffer")
     return out, a_ii
 
 
@@ -188,7 +190,7 @@ def relative_attention(q, k, v, by_row, by_col, height: int, width: int, scale: 
     with torch.no_grad():
         q_s = (q * scale).reshape(n, length, d)
         k_tiles = F.pad(k.reshape(n, length, d), (0, 0, 0, tiles * TILE - length))
-        k_tiles = k_tiles.view(n, tiles, TILE, d).transpose(2, 3).contiguous()
+        k_tiles = k_tiles.reshape(n, tiles, TILE, d).transpose(2, 3).contiguous()
         out, a_ii = _op(q_s.contiguous(), k_tiles, v.reshape(n, length, -1).contiguous(),
                         _grid(by_row, n, height, width), _grid(by_col, n, height, width),
                         MODES[diagonal])

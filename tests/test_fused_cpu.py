@@ -90,10 +90,17 @@ def test_auto_takes_the_kernel_in_inference_only(monkeypatch):
 
 
 @needs_kernel
-def test_whole_block_in_eval_matches_the_torch_op_path():
+@pytest.mark.parametrize("fusion", ["dynamic", "softmax", "binary"])  # keep, report, mask
+@pytest.mark.parametrize("h,w,channels_last", [(9, 7, False), (8, 8, False), (8, 8, True)])
+def test_whole_block_in_eval_matches_the_torch_op_path(fusion, h, w, channels_last):
+    """Through LESA2d: q, k, v are strided views of the projection (either memory format),
+    L = 64 needs no key padding, L = 63 does."""
     torch.manual_seed(0)
-    block = LESA2d(C, heads=HEADS, fusion="dynamic", max_size=MAX).eval()
-    x = torch.randn(2, C, 9, 7)
+    block = LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX).eval()
+    x = torch.randn(2, C, h, w)
+    if channels_last:
+        block, x = block.to(memory_format=torch.channels_last), \
+            x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         fused = block(x)
         block.fusion.binary.kernel = "chunked"
