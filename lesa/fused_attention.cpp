@@ -11,8 +11,9 @@
 //   2. p = exp(s - max) in place and the row sums;
 //   3. the p v product (G rows x dv channels in registers, one load of v per G rows), divided
 //      by the row sums at the end.
-// Work is split in tasks of (entry, block of rows) over torch's intra-op threads (at::parallel_for: the
-// same OpenMP pool as torch's own ops, so no second pool competes with its spinning threads).
+// Work is split in tasks of (entry, block of rows) over torch's intra-op threads
+// (at::parallel_for: the same OpenMP pool as torch's own ops, so no second pool competes with
+// its spinning threads).
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -21,9 +22,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <vector>
-#include <limits>
 
 namespace {
 
@@ -64,9 +65,10 @@ struct Problem {
 constexpr int64_t TILE = 32;  // keys per step of pass 1 (two vectors)
 constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
 
-// Pass 1 for G rows: s[g] += q[g] k^T over all key tiles. qg: the G rows' q, channel-major
-// (qg[c * G + g]); kt: (tiles, d, 32). Each pass is its own function so that the compiler keeps
-// its accumulators in registers (inlined together, or with the row maxima taken here too,
+// Pass 1 for G rows: s[g] += q[g] k^T over all key tiles, and the row maxima (16 lanes per row
+// in vmax). qg: the G rows' q, channel-major (qg[c * G + g]); kt: (tiles, d, 32). Each pass is
+// its own function so that the compiler keeps its accumulators in registers; the maxima go
+// through memory for the same reason (inlined together, or with the maxima in registers,
 // GCC 12 ran out of vector registers and re-read k from the stack for every FMA).
 template <int G>
 __attribute__((noinline)) void logits(const float* qg, const float* kt, float* s,

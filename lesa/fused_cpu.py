@@ -67,7 +67,8 @@ def _compiler() -> str | None:
     return shutil.which("c++") or shutil.which("g++")
 
 
-def _build() -> ctypes.CDLL:
+def _build():
+    """Compile (or find in the cache) and load the kernel; returns its ctypes function."""
     if os.environ.get("LESA_FUSED_CPU", "1") == "0":
         raise Unavailable("turned off (LESA_FUSED_CPU=0)")
     capability = torch.backends.cpu.get_cpu_capability()
