@@ -87,25 +87,36 @@ def _build():
                          + "\0".join([cxx, torch.__version__, *flags, *link]).encode())
     path = _cache_dir() / f"fused_attention-{key.hexdigest()[:16]}.so"
     if not path.exists():
+        _compile(cxx, flags, link, path)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:  # a damaged cache entry (a bad copy, a full disk): build it once more
+        _compile(cxx, flags, link, path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+            lib = ctypes.CDLL(str(path))
         except OSError as err:
-            raise Unavailable(f"kernel cache {path.parent} is not writable ({err}); "
-                              f"set LESA_KERNEL_CACHE") from err
-        os.close(handle)
-        proc = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp, *link],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            os.unlink(tmp)
-            raise Unavailable(f"compiling {SOURCE.name} failed:\n{proc.stderr[-2000:]}")
-        os.replace(tmp, path)  # atomic: parallel processes building the same key agree
-    lib = ctypes.CDLL(str(path))
+            raise Unavailable(f"the rebuilt {path} does not load ({err})") from err
     fn = lib.lesa_relative_attention_f32
     fn.restype = ctypes.c_int
     fn.argtypes = ([ctypes.c_void_p] * 7 + [ctypes.c_int64] * 6
                    + [ctypes.c_int, ctypes.POINTER(ctypes.c_int64)])
     return fn
+
+
+def _compile(cxx: str, flags: list, link: list, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    except OSError as err:
+        raise Unavailable(f"kernel cache {path.parent} is not writable ({err}); "
+                          f"set LESA_KERNEL_CACHE") from err
+    os.close(handle)
+    proc = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp, *link],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        os.unlink(tmp)
+        raise Unavailable(f"compiling {SOURCE.name} failed:\n{proc.stderr[-2000:]}")
+    os.replace(tmp, path)  # atomic: parallel processes building the same key agree
 
 
 def _function():

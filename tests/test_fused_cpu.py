@@ -203,3 +203,25 @@ def test_fresh_cache_builds_once(tmp_path):
     stamp = (tmp_path / built[0]).stat().st_mtime_ns
     assert _in_subprocess(code, LESA_KERNEL_CACHE=str(tmp_path)).strip() == "in use"
     assert (tmp_path / built[0]).stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+@pytest.mark.skipif(not HERE_IT_SHOULD_RUN, reason="the kernel is not built here anyway")
+def test_damaged_cache_entry_is_rebuilt(tmp_path):
+    """A cached library that does not load (truncated by a full disk, a bad copy) is built
+    again, not a crash at the first attention call."""
+    code = "from lesa import fused_cpu; print(fused_cpu.status())"
+    assert _in_subprocess(code, LESA_KERNEL_CACHE=str(tmp_path)).strip() == "in use"
+    (built,) = tmp_path.iterdir()
+    built.write_bytes(b"not a shared library")
+    assert _in_subprocess(code, LESA_KERNEL_CACHE=str(tmp_path)).strip() == "in use"
+    assert built.read_bytes()[:4] == b"\x7fELF"
+
+
+@pytest.mark.skipif(not HERE_IT_SHOULD_RUN, reason="the kernel is not built here anyway")
+def test_unwritable_cache_falls_back_and_names_it(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = _in_subprocess(CHECK_FALLBACK, LESA_KERNEL_CACHE=str(blocker / "kernels"))
+    lines = out.splitlines()
+    assert lines[0].startswith(f"off: kernel cache {blocker / 'kernels'} is not writable")
+    assert "LESA_KERNEL_CACHE" in lines[0] and lines[-1] == "fell back"
