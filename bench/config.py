@@ -318,14 +318,18 @@ def experiment_from_dict(raw, path: Path | None = None, overrides=(), only=()) -
         if section in base and not isinstance(base[section], dict):
             raise ConfigError(f"{section}: expected a mapping, got {_type_name(base[section])}")
     matrix = copy.deepcopy(raw.get("matrix") or {})
+    late = []  # --set wins over the matrix too: a bundle axis may set the same key
     for text in overrides:
         key, value = parse_assignment(text, "--set")
         if key in matrix:
             matrix[key] = [value]
         else:
             set_dotted(base, key, value)
+            late.append((key, value))
     runs = []
     for raw_run, labels in _expand(base, matrix):
+        for key, value in late:
+            set_dotted(raw_run, key, copy.deepcopy(value))
         cfg = _with_axis_errors(lambda: resolve(raw_run), labels)
         cfg["name"] = name
         runs.append(Run(run_id(cfg), cfg, labels))

@@ -199,7 +199,8 @@ class WindowedBinaryTerm(BinaryTerm):
         """As BinaryTerm.attend, with each query's keys restricted to its neighbourhood.
 
         Without autograd (inference), the map is processed in chunks of batch entries and block
-        rows whose SDPA operands stay under `chunk_bytes`: the same numbers, without building
+        rows whose SDPA operands stay under `chunk_bytes` (`device_chunk_bytes` off the CPU):
+        the same numbers, without building
         all (window + 2 halo)^2 neighbourhoods of a large map at once.
         """
         if diagonal not in ("keep", "mask", "report"):
@@ -230,7 +231,8 @@ class WindowedBinaryTerm(BinaryTerm):
                 a_ii = self._unblock(a_ii.unsqueeze(-1), batch, height, width).squeeze(-1)
             return out, a_ii
         # inference: chunks of (batch entries) x (block rows), written into the output map
-        per_chunk = max(1, self.chunk_bytes // row_bytes)
+        limit = self.chunk_bytes if q.device.type == "cpu" else self.device_chunk_bytes
+        per_chunk = max(1, limit // row_bytes)
         rows = min(n_h, per_chunk)
         items = min(batch, max(1, per_chunk // n_h)) if rows == n_h else 1
         out = v.new_empty(batch, heads, dv, n_h * b, n_w * b)
@@ -248,7 +250,12 @@ class WindowedBinaryTerm(BinaryTerm):
         out = self._crop(out, height, width)
         return out, None if a_ii is None else self._crop(a_ii, height, width).squeeze(-1)
 
-    chunk_bytes = 16 * 2**20  # chunk size (SDPA operands k' and v'), see attend
+    # chunk size (SDPA operands k' and v'), see attend. On the CPU, 16 MiB keeps each chunk
+    # near the caches. On a GPU every chunk costs a dozen kernel launches and the whole map's
+    # operands fit in memory, so there chunks only bound memory: with 16 MiB chunks the H100
+    # profile (bf16, B=8, L = 4096) took 12.8 ms for inference against 4.1 ms for training.
+    chunk_bytes = 16 * 2**20
+    device_chunk_bytes = 2**30  # inference on non-CPU devices
 
     def _rows_checkpointed(self, qm, km, vm, mask, diagonal: str, s_map, rows: int):
         """All block rows with autograd, in checkpointed chunks of `rows` block rows.

@@ -76,6 +76,19 @@ def test_set_and_only():
     assert exp.runs[0].config["trainer"]["max_epochs"] == 2
 
 
+def test_set_wins_over_a_bundle_axis_that_sets_the_same_key():
+    """quick.yaml's task bundles set trainer.max_epochs; `--set trainer.max_epochs=1` used to
+    be silently overridden by them (every run still trained 6 or 8 epochs)."""
+    exp = load_experiment(ROOT / "experiments" / "quick.yaml",
+                          ["trainer.max_epochs=1", "optim.lr=0.001"])
+    assert {r.config["trainer"]["max_epochs"] for r in exp.runs} == {1}
+    assert {r.config["optim"]["lr"] for r in exp.runs} == {0.001}
+    # the rest of each bundle stays
+    assert {r.config["optim"]["name"] for r in exp.runs} == {"sgd", "adamw"}
+    plain = load_experiment(ROOT / "experiments" / "quick.yaml")
+    assert {r.config["trainer"]["max_epochs"] for r in plain.runs} == {6, 8}
+
+
 @pytest.mark.parametrize("count", [2, 3, 5])
 def test_shards_cover_the_matrix_exactly_once(count):
     exp = load_experiment(ROOT / "experiments" / "quick.yaml")
