@@ -40,6 +40,7 @@ def _loader():
 def test_last_checkpoint_is_the_final_step_when_the_last_epoch_does_not_improve(tmp_path):
     last = tmp_path / "last.ckpt"
     trainer = L.Trainer(
+        accelerator="cpu",  # the comparison below is on the CPU, also where a GPU is seen
         max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, default_root_dir=tmp_path, plugins=[AtomicCheckpointIO()],
         callbacks=[ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/score",

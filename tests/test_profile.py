@@ -159,3 +159,15 @@ def test_rounds_rotate_the_row_order(monkeypatch):
     rounds = [order[i:i + 3] for i in range(0, 9, 3)]
     assert rounds == [list("abc"), list("bca"), list("cab")]
     assert all(len(row.times["infer"]) == 3 for row in rows)
+
+
+@pytest.mark.parametrize("device,batch,matmul", [("cpu", 8, 2048), ("cuda", 64, 8192)])
+def test_sizes_default_by_device_and_stay_when_given(device, batch, matmul):
+    parser = argparse.ArgumentParser()
+    profile.add_arguments(parser)
+    args = parser.parse_args(["--device", device])
+    profile.device_defaults(args)
+    assert (args.network_batch, args.matmul_size) == (batch, matmul)
+    args = parser.parse_args(["--device", device, "--network-batch", "3", "--matmul-size", "100"])
+    profile.device_defaults(args)
+    assert (args.network_batch, args.matmul_size) == (3, 100)
