@@ -200,8 +200,8 @@ class WindowedBinaryTerm(BinaryTerm):
 
         Without autograd (inference), the map is processed in chunks of batch entries and block
         rows whose SDPA operands stay under `chunk_bytes` (`device_chunk_bytes` off the CPU):
-        the same numbers, without building
-        all (window + 2 halo)^2 neighbourhoods of a large map at once.
+        the same numbers, without building all (window + 2 halo)^2 neighbourhoods of a large
+        map at once.
         """
         if diagonal not in ("keep", "mask", "report"):
             raise ValueError(f"diagonal must be keep, mask or report, not {diagonal!r}")
