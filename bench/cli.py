@@ -13,7 +13,6 @@ the subcommands that need them, so --help, `run --dry-run`, `status` and `report
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -104,15 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _install_sigterm() -> None:
-    # SLURM and other schedulers send SIGTERM before killing: treat it like Ctrl-C, so the run
-    # saves a checkpoint and is marked interrupted.
-    def handler(signum, frame):
-        raise KeyboardInterrupt()
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def cmd_run(args, console: Console) -> int:
     from bench.config import shard
 
@@ -123,9 +113,9 @@ def cmd_run(args, console: Console) -> int:
 
         print_status(exp, runs, args.results, console, title="dry run")
         return 0
-    from bench.runner import run_experiment, run_workers
+    from bench.runner import install_sigterm, run_experiment, run_workers
 
-    _install_sigterm()
+    install_sigterm()
     if args.jobs > 1:
         return run_workers(args.argv, args.jobs, exp, runs, args.results, console)
     return run_experiment(exp, runs, args.results, console, retry_failed=args.retry_failed)
@@ -157,10 +147,11 @@ def cmd_report(args, console: Console) -> int:
 
 def cmd_sweep(args, console: Console) -> int:
     from bench.config import load_experiment
+    from bench.runner import install_sigterm
     from bench.sweep import run_sweep
 
     exp = load_experiment(args.experiment, args.set, args.only)
-    _install_sigterm()
+    install_sigterm()
     return run_sweep(exp, args.results, console, trials=args.trials, storage=args.storage,
                      workers=args.workers)
 

@@ -436,6 +436,21 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
     return 1 if still_failed else 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where a Ctrl-C would be: every `except KeyboardInterrupt` treats it so."""
+
+
+def install_sigterm() -> None:
+    """SLURM and other schedulers send SIGTERM before killing: treat it like Ctrl-C, so the run
+    saves a checkpoint and is marked interrupted."""
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], results: Path,
                 console: Console) -> int:
     """`run --jobs N`: N worker processes run the same command; the run locks share the matrix
@@ -463,7 +478,13 @@ def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], re
                for k in range(jobs)]
     try:
         codes = [w.wait() for w in workers]
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them save and stop
+    except KeyboardInterrupt as err:
+        # a Ctrl-C reaches the whole process group, the workers too; a SIGTERM sent to this
+        # process (`kill PID`) reaches only us: pass it on. Then let them save and stop.
+        if isinstance(err, Terminated):
+            for w in workers:
+                if w.poll() is None:
+                    w.terminate()
         for w in workers:
             w.wait()
         return 130
