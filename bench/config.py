@@ -273,6 +273,18 @@ def _with_axis_errors(fn, labels: dict):
         raise ConfigError(f"{err} (in the matrix run {where})" if where else str(err)) from None
 
 
+def _known_depth(raw_run: dict, dotted: str) -> int:
+    """How many leading parts of a dotted key a run (raw, before resolve) on its dataset has:
+    all of them where the key is one of its config keys."""
+    schema = schema_for((raw_run.get("data") or {}).get("name", DEFAULTS["data"]["name"]))
+    parts = dotted.split(".")
+    for depth, key in enumerate(parts):
+        if not isinstance(schema, dict) or key not in schema:
+            return depth
+        schema = schema[key]
+    return len(parts)
+
+
 def load_experiment(path: str | Path, overrides: list[str] = (), only: list[str] = ()) -> Experiment:
     """Read, validate and expand an experiment file. Raises ConfigError on any problem."""
     path = Path(path)
@@ -318,18 +330,25 @@ def experiment_from_dict(raw, path: Path | None = None, overrides=(), only=()) -
         if section in base and not isinstance(base[section], dict):
             raise ConfigError(f"{section}: expected a mapping, got {_type_name(base[section])}")
     matrix = copy.deepcopy(raw.get("matrix") or {})
-    late = []  # --set wins over the matrix too: a bundle axis may set the same key
+    late = []  # set after the matrix: --set wins over a bundle axis that sets the same key
     for text in overrides:
         key, value = parse_assignment(text, "--set")
         if key in matrix:
             matrix[key] = [value]
         else:
-            set_dotted(base, key, value)
             late.append((key, value))
+    expanded = _expand(base, matrix)
+    # a key of one task or dataset (model.detection.*, a dataset's data.* option) goes to the
+    # runs that have it; a key no run has, to the runs that know most of it (the unknown-key
+    # error then names the closest key: model.detection.head_conv -> head_convs)
+    for key, value in late:
+        set_dotted(base, key, value)
+        depths = [_known_depth(raw, key) for raw, _ in expanded]
+        for (raw_run, _), depth in zip(expanded, depths):
+            if depth == max(depths):
+                set_dotted(raw_run, key, copy.deepcopy(value))
     runs = []
-    for raw_run, labels in _expand(base, matrix):
-        for key, value in late:
-            set_dotted(raw_run, key, copy.deepcopy(value))
+    for raw_run, labels in expanded:
         cfg = _with_axis_errors(lambda: resolve(raw_run), labels)
         cfg["name"] = name
         runs.append(Run(run_id(cfg), cfg, labels))

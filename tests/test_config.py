@@ -89,6 +89,33 @@ def test_set_wins_over_a_bundle_axis_that_sets_the_same_key():
     assert {r.config["trainer"]["max_epochs"] for r in plain.runs} == {6, 8}
 
 
+def test_a_task_specific_set_goes_to_the_runs_of_that_task():
+    """On quick.yaml's mixed matrix `--set model.detection.head_convs=1` (or a detection-only
+    data option) used to fail on the first classification run: it now changes the detection
+    runs and leaves the classification runs (and their ids) as they were."""
+    quick = ROOT / "experiments" / "quick.yaml"
+    plain = {r.id: r for r in load_experiment(quick).runs}
+    exp = load_experiment(quick, ["model.detection.head_convs=1", "data.distractors=[1, 3]"])
+    by_task = {}
+    for run in exp.runs:
+        by_task.setdefault(run.config["data"]["name"], []).append(run)
+    assert len(by_task["digits"]) == len(by_task["digit_scenes"]) == 14
+    for run in by_task["digits"]:
+        assert run.id in plain and "detection" not in run.config["model"]
+    for run in by_task["digit_scenes"]:
+        assert run.id not in plain
+        assert run.config["model"]["detection"]["head_convs"] == 1
+        assert run.config["model"]["detection"]["fpn_channels"] == 32  # the bundle's stays
+        assert run.config["data"]["distractors"] == [1, 3]
+    # a key no run has still fails, with the error of the runs that know most of it
+    with pytest.raises(ConfigError, match="head_conv: unknown key .did you mean 'head_convs'"):
+        load_experiment(quick, ["model.detection.head_conv=1"])
+    # and on a classification-only matrix a detection key is an error, as before
+    with pytest.raises(ConfigError, match="model.detection: unknown key"):
+        load_experiment(ROOT / "experiments" / "cifar100_r50.yaml",
+                        ["model.detection.head_convs=1"])
+
+
 @pytest.mark.parametrize("count", [2, 3, 5])
 def test_shards_cover_the_matrix_exactly_once(count):
     exp = load_experiment(ROOT / "experiments" / "quick.yaml")
