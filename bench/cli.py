@@ -113,9 +113,9 @@ def cmd_run(args, console: Console) -> int:
 
         print_status(exp, runs, args.results, console, title="dry run")
         return 0
-    from bench.runner import install_sigterm, run_experiment, run_workers
+    from bench.runner import install_stop_signals, run_experiment, run_workers
 
-    install_sigterm()
+    install_stop_signals()
     if args.jobs > 1:
         return run_workers(args.argv, args.jobs, exp, runs, args.results, console)
     return run_experiment(exp, runs, args.results, console, retry_failed=args.retry_failed)
@@ -147,11 +147,11 @@ def cmd_report(args, console: Console) -> int:
 
 def cmd_sweep(args, console: Console) -> int:
     from bench.config import load_experiment
-    from bench.runner import install_sigterm
+    from bench.runner import install_stop_signals
     from bench.sweep import run_sweep
 
     exp = load_experiment(args.experiment, args.set, args.only)
-    install_sigterm()
+    install_stop_signals()
     return run_sweep(exp, args.results, console, trials=args.trials, storage=args.storage,
                      workers=args.workers)
 

@@ -413,8 +413,12 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
         try:
             outcome = execute(run, run_dir, console, label)
         except RunInterrupted:
-            console.print(f"[yellow]interrupted: {run.id} saved; run the same command to "
-                          f"resume it")
+            if run_dir.last_checkpoint.exists():
+                console.print(f"[yellow]interrupted: {run.id} saved; run the same command to "
+                              f"resume it")
+            else:  # stopped before its fit began
+                console.print(f"[yellow]interrupted: {run.id} before its first checkpoint; run "
+                              f"the same command to start it again")
             return 130
         outcomes[run.id] = outcome
         if outcome == _DONE:
@@ -440,15 +444,29 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where a Ctrl-C would be: every `except KeyboardInterrupt` treats it so."""
 
 
-def install_sigterm() -> None:
-    """SLURM and other schedulers send SIGTERM before killing: treat it like Ctrl-C, so the run
-    saves a checkpoint and is marked interrupted."""
+def install_stop_signals() -> None:
+    """SIGTERM (SLURM and other schedulers send it before killing) raises `Terminated`, so the
+    run saves a checkpoint and is marked interrupted, as on Ctrl-C.
+
+    Once stopping, a SIGTERM is ignored: a worker of `run --jobs` or `sweep --workers` that got
+    a terminal's Ctrl-C (the whole process group gets it) is sent a SIGTERM by its parent too,
+    which must not cut the checkpoint save short (Lightning ignores further Ctrl-Cs once a fit
+    is interrupted for the same reason). SIGINT is left alone where it is ignored (a background
+    job of a non-interactive shell)."""
     import signal
 
-    def handler(signum, frame):
+    def on_term(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated()
 
-    signal.signal(signal.SIGTERM, handler)
+    def on_int(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt()
+
+    signal.signal(signal.SIGTERM, on_term)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_int)
 
 
 def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], results: Path,
@@ -478,13 +496,12 @@ def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], re
                for k in range(jobs)]
     try:
         codes = [w.wait() for w in workers]
-    except KeyboardInterrupt as err:
-        # a Ctrl-C reaches the whole process group, the workers too; a SIGTERM sent to this
-        # process (`kill PID`) reaches only us: pass it on. Then let them save and stop.
-        if isinstance(err, Terminated):
-            for w in workers:
-                if w.poll() is None:
-                    w.terminate()
+    except KeyboardInterrupt:
+        # pass it on: a terminal's Ctrl-C reached the workers already (they ignore this second
+        # stop, see install_stop_signals), a `kill` or `kill -INT` of this process did not
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
         for w in workers:
             w.wait()
         return 130

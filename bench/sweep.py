@@ -504,13 +504,11 @@ def sweep_worker(exp: Experiment, results: Path, url: str | None, budgets: dict,
 
 def _worker_process(exp: Experiment, results: Path, url: str | None, budgets: dict, worker: int,
                     workers: int) -> None:
-    import signal
     import sys
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt()
+    from bench.runner import install_stop_signals
 
-    signal.signal(signal.SIGTERM, on_term)
+    install_stop_signals()
     sys.exit(sweep_worker(exp, results, url, budgets, worker, Console(), workers))
 
 
@@ -617,7 +615,7 @@ def _spawn_workers(exp, results, url, budgets, workers: int, console: Console) -
     try:
         for proc in procs:
             proc.join()
-    except KeyboardInterrupt:  # Ctrl-C reaches the workers too; SIGTERM only us: pass it on
+    except KeyboardInterrupt:  # pass it on, as run --jobs does (bench/runner.py, run_workers)
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()

@@ -22,12 +22,19 @@ def _sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _start(exp: Path, results: Path, *extra: str) -> subprocess.Popen:
+def _own_terminal_group() -> None:
+    # the run and its workers in a process group of their own, as a terminal's foreground job
+    os.setpgid(0, 0)
+    _sigint_as_in_a_terminal()
+
+
+def _start(exp: Path, results: Path, *extra: str, own_group: bool = False) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(exp), "--results",
                              str(results), *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_sigint_as_in_a_terminal)
+                            preexec_fn=_own_terminal_group if own_group
+                            else _sigint_as_in_a_terminal)
 
 
 def _wait_for(predicate, proc, timeout=240.0):
@@ -281,22 +288,33 @@ def test_ddp_on_cpu_finishes_resumes_and_only_rank_0_writes(tiny_experiment, tmp
     assert code == 0 and "0 to run" in out, out
 
 
-def test_sigterm_to_the_jobs_parent_reaches_its_workers(tiny_experiment, tmp_path):
-    """`kill PID` of `run --jobs 2` (SIGTERM to the parent alone, unlike a Ctrl-C, which the
-    whole process group gets): the parent passes it on, and each worker saves, marks its run
-    interrupted and stops. Before, the workers trained on to the end."""
+@pytest.mark.parametrize("how", ["kill", "kill-INT", "ctrl-c"])
+def test_a_stop_of_run_jobs_reaches_its_workers_once(tiny_experiment, tmp_path, how):
+    """`kill PID` or `kill -INT PID` of `run --jobs 2` reach the parent alone: it passes the stop
+    on (before, the workers trained on to the end). A terminal's Ctrl-C reaches the whole group,
+    and the parent's SIGTERM comes second (the workers ignore it: it must not cut their save
+    short). Either way each worker saves, marks its run interrupted and stops."""
     exp = tiny_experiment(trainer={"max_epochs": 30, "limit_train_batches": 6},
                           matrix={"model.fusion": ["conv", "sum"], "seed": [0]})
     results = tmp_path / "results"
-    proc = _start(exp, results, "--jobs", "2")
-    assert _wait_for(lambda: _running_with_checkpoint(results) is not None, proc)
-    os.kill(proc.pid, signal.SIGTERM)
+    proc = _start(exp, results, "--jobs", "2", own_group=how == "ctrl-c")
+
+    def both_training():  # a run stopped before its fit began has nothing to save
+        dirs = run_dirs(results, "tiny").values()
+        return len(dirs) == 2 and all(
+            rd.status().get("state") == "running" and rd.last_checkpoint.exists() for rd in dirs)
+
+    assert _wait_for(both_training, proc)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGTERM if how == "kill" else signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     dirs = run_dirs(results, "tiny").values()
     states = [rd.status()["state"] for rd in dirs]
-    assert "interrupted" in states and "done" not in states and "running" not in states, states
+    assert states == ["interrupted", "interrupted"], (states, out)
     for rd in dirs:
         assert not (rd.path / "lock").exists()
-        if rd.status()["state"] == "interrupted":
-            assert rd.last_checkpoint.exists()
+        assert rd.last_checkpoint.exists()
+    assert out.count("saved; run the same command to resume it") == 2, out

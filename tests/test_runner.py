@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from bench.cli import main
 from bench.store import run_dirs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _statuses(results, name):
@@ -148,3 +156,43 @@ def test_runs_record_their_environment_and_the_report_names_it(tiny_experiment, 
     assert main(["report", str(exp), "--results", str(results)]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "mixed environments" in text and "not recorded (run before" in text
+
+
+_SIGNALS_SCRIPT = r"""
+import os, signal, sys
+from bench.runner import Terminated, install_stop_signals
+
+def send(name):
+    try:
+        os.kill(os.getpid(), getattr(signal, name))
+        signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a bytecode boundary: the handler has run
+        return "nothing"
+    except Terminated:
+        return "Terminated"
+    except KeyboardInterrupt:
+        return "KeyboardInterrupt"
+
+if sys.argv[1] == "ignore-sigint":  # as in a background job of a non-interactive shell
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+install_stop_signals()
+print(", ".join(send(name) for name in sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("sigint, sent, seen", [
+    # a terminal's Ctrl-C, then the SIGTERM the parent passes on, then a second Ctrl-C
+    ("default", "SIGINT SIGTERM SIGINT", "KeyboardInterrupt, nothing, KeyboardInterrupt"),
+    # `kill PID`, twice, then a Ctrl-C
+    ("default", "SIGTERM SIGTERM SIGINT", "Terminated, nothing, KeyboardInterrupt"),
+    # a background job of a non-interactive shell: SIGINT stays ignored, SIGTERM still stops
+    ("ignore-sigint", "SIGINT SIGTERM SIGTERM", "nothing, Terminated, nothing"),
+])
+def test_a_stopping_process_ignores_the_stop_its_parent_passes_on(sigint, sent, seen):
+    """A `run --jobs` / `sweep --workers` worker hit by a terminal's Ctrl-C is sent a SIGTERM by
+    its parent as well: it must not cut the checkpoint save short. Outside a Lightning fit (which
+    ignores further Ctrl-Cs itself) a second Ctrl-C still stops at once."""
+    proc = subprocess.run([sys.executable, "-c", _SIGNALS_SCRIPT, sigint, *sent.split()],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == seen
