@@ -306,6 +306,59 @@ def test_killed_sweep_resumes_to_the_exact_budget(tiny_experiment, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("how", ["kill-INT", "ctrl-c"])
+def test_a_stop_of_sweep_workers_saves_both_trials_and_queues_them(tiny_experiment, tmp_path,
+                                                                    how):
+    """`kill -INT` of `sweep --workers 2` reaches the parent alone: it passes the stop on. A
+    terminal's Ctrl-C reaches every process, and the parent's copy comes second (ignored: it
+    must not cut a save short). Either way both trials' runs save and stop, and both trials are
+    queued again for the next sweep."""
+    exp = tiny_experiment(trainer={"max_epochs": 30, "limit_train_batches": 6,
+                                   "limit_val_batches": 1, "limit_test_batches": 1},
+                          matrix={"model.fusion": ["conv"]},
+                          sweep={"trials": 4, "pruner": "none", "params": SPACE,
+                                 "sampler": {"name": "random", "seed": 0}})
+    results = tmp_path / "results"
+
+    def as_in_a_terminal():
+        if how == "ctrl-c":
+            os.setpgid(0, 0)  # a foreground job's own process group
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(_cli("sweep", str(exp), "--results", str(results), "--workers", "2"),
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=as_in_a_terminal)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            dirs = run_dirs(results, "tiny").values() if (results / "tiny").exists() else []
+            if len(dirs) == 2 and all(rd.status().get("state") == "running"
+                                      and rd.last_checkpoint.exists() for rd in dirs):
+                break
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.1)
+        else:
+            pytest.fail("the two trials did not start training in time")
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, out
+    for rd in run_dirs(results, "tiny").values():
+        assert rd.status()["state"] == "interrupted", (rd.status(), out)
+        assert rd.last_checkpoint.exists() and not (rd.path / "lock").exists()
+    study = _studies(results, "tiny")["tiny/conv/digits"]
+    stopped = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    queued = [t for t in study.trials if t.state.name == "WAITING"]
+    assert len(stopped) == 2 and len(queued) == 2, _states(study)
+    assert sorted(t.user_attrs["retry_of"] for t in queued) == sorted(t.number for t in stopped)
+
+
+@pytest.mark.slow
 def test_two_workers_share_one_budget(tiny_experiment, tmp_path):
     exp = tiny_experiment(**SMALL, matrix={"model.fusion": ["conv"]},
                           sweep={"trials": 5, "pruner": "none", "params": SPACE})
