@@ -22,8 +22,8 @@ is s_ii and whose value is a unit channel: the sink's weight is a_ii / (1 + a_ii
 Two paths (`BinaryTerm.kernel`; "auto" = "chunked" on CPU, "sdpa" elsewhere):
 
 - "chunked" (for CPU): in inference (no autograd), under "auto", one hand-written kernel where
-  the CPU has AVX-512 (lesa/fused_cpu.py: 1.3-2.1x faster than the torch ops below); else
-  lesa/chunked.py, explicit logits at the real head width in cache-sized
+  the CPU has AVX-512 or AVX2 (lesa/fused_cpu.py: 1.2-2.1x faster than the torch ops below);
+  else lesa/chunked.py, explicit logits at the real head width in cache-sized
   chunks (BoTNet's math without its L x L tensors for the whole batch), a custom autograd
   Function for the backward. Measured on two 2-core CPUs against the fused call below
   (fwd+bwd of the attention, B=8, C=256, 8 heads; L = 4096 at B=2): 0.6-1.03x its time at

@@ -2,7 +2,8 @@
 
 lesa/fused_attention.cpp computes what lesa/chunked.py computes (softmax over keys of
 q k^T / sqrt(d) plus the 2-D relative logits, times v; a_ii or j = i removed on request) for a
-few query rows at a time with their logits kept in L2, in AVX-512 intrinsics. It exists because
+few query rows at a time with their logits kept in L2, in AVX-512 or AVX2 intrinsics (one
+source, compiled for the instruction set torch uses here). It exists because
 no library fuses a relative-position bias into attention on CPU: torch's fused CPU attention
 takes it only as a materialised L x L mask (1.8-2.3x slower than the torch-op path at
 L = 4096), FlexAttention compiles to a slower loop on CPU, and the torch-op path
@@ -13,8 +14,9 @@ ops" (README, performance).
 Scope, and what happens outside it (the caller, BinaryTerm.attend, falls back to the chunked
 path, so nothing changes but speed):
 - inference only (no autograd through it): training keeps lesa/chunked.py's Function;
-- float32 on an x86 CPU whose torch reports AVX-512 (`torch.backends.cpu.get_cpu_capability()`,
-  which ATEN_CPU_CAPABILITY=avx2 lowers), value heads of at most 64 channels;
+- float32 on an x86 CPU whose torch reports AVX-512 or AVX2
+  (`torch.backends.cpu.get_cpu_capability()`, which ATEN_CPU_CAPABILITY lowers), value heads of
+  at most 64 channels;
 - a C++ compiler: the kernel is compiled on first use (about 3 s) against the installed torch
   (its headers and its OpenMP pool, so torch's thread count applies) into a cache,
   $LESA_KERNEL_CACHE or ~/.cache/lesa-bench/kernels, keyed by the source, torch and the flags;
@@ -40,13 +42,12 @@ import torch.nn.functional as F
 
 SOURCE = Path(__file__).with_name("fused_attention.cpp")
 MODES = {"keep": 0, "mask": 1, "report": 2}
-TILE = 32  # keys per tile of the packed k (the kernel's TILE)
 MAX_VALUE_WIDTH = 64
-COMPILE_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-mavx512f", "-mavx512dq", "-mfma",
-                 "-shared", "-fPIC")
+COMPILE_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-shared", "-fPIC")
+ISA_FLAGS = {"AVX512": ("-mavx512f", "-mavx512dq", "-mfma"), "AVX2": ("-mavx2", "-mfma")}
 
 _lock = threading.Lock()
-_loaded: dict = {}  # "function" (the ctypes function) or "error" (why not), once decided
+_loaded: dict = {}  # "function" (the ctypes function) and "tile", or "error" (why not), once
 
 
 class Unavailable(RuntimeError):
@@ -68,19 +69,20 @@ def _compiler() -> str | None:
 
 
 def _build():
-    """Compile (or find in the cache) and load the kernel; returns its ctypes function."""
+    """Compile (or find in the cache) and load the kernel; returns its ctypes function and the
+    keys per tile it expects k packed in."""
     if os.environ.get("LESA_FUSED_CPU", "1") == "0":
         raise Unavailable("turned off (LESA_FUSED_CPU=0)")
     capability = torch.backends.cpu.get_cpu_capability()
-    if capability != "AVX512":
-        raise Unavailable(f"needs AVX-512; torch's CPU capability here is {capability}")
+    if capability not in ISA_FLAGS:
+        raise Unavailable(f"needs AVX-512 or AVX2; torch's CPU capability here is {capability}")
     cxx = _compiler()
     if cxx is None:
         raise Unavailable("no C++ compiler found (set CXX, or install g++)")
     # torch's headers and libraries (torch.utils.cpp_extension would say the same, with a
     # warning about CUDA on machines without it)
     root = Path(torch.__file__).parent
-    flags = [*COMPILE_FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+    flags = [*COMPILE_FLAGS, *ISA_FLAGS[capability], f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
              f"-I{root / 'include'}"]
     link = [f"-L{root / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{root / 'lib'}"]
     key = hashlib.sha256(SOURCE.read_bytes()
@@ -100,7 +102,8 @@ def _build():
     fn.restype = ctypes.c_int
     fn.argtypes = ([ctypes.c_void_p] * 7 + [ctypes.c_int64] * 6
                    + [ctypes.c_int, ctypes.POINTER(ctypes.c_int64)])
-    return fn
+    lib.lesa_tile.restype = ctypes.c_int64
+    return fn, lib.lesa_tile()
 
 
 def _compile(cxx: str, flags: list, link: list, path: Path) -> None:
@@ -124,7 +127,7 @@ def _function():
         with _lock:
             if not _loaded:
                 try:
-                    _loaded["function"] = _build()
+                    _loaded["function"], _loaded["tile"] = _build()
                 except Unavailable as err:
                     _loaded["error"] = str(err)
     if "error" in _loaded:
@@ -145,6 +148,12 @@ def available() -> bool:
     return status() == "in use"
 
 
+def tile() -> int:
+    """Keys per tile of the packed k: 32 in the AVX-512 build, 16 in the AVX2 one."""
+    _function()
+    return _loaded["tile"]
+
+
 def applies(q: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether relative_attention() takes these operands (and the kernel is built)."""
     return (q.device.type == "cpu" and q.dtype == torch.float32
@@ -154,7 +163,7 @@ def applies(q: torch.Tensor, v: torch.Tensor) -> bool:
 @torch.library.custom_op("lesa::relative_attention_cpu", mutates_args=())
 def _op(q: torch.Tensor, k_tiles: torch.Tensor, v: torch.Tensor, by_row: torch.Tensor,
         by_col: torch.Tensor, mode: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (n, L, d) pre-scaled, k_tiles (n, tiles, d, 32) zero-padded, v (n, L, dv), contiguous;
+    """q (n, L, d) pre-scaled, k_tiles (n, tiles, d, tile()) zero-padded, v (n, L, dv), contiguous;
     by_row (n, H, W, H) and by_col (n, H, W, W) over (entry, query row, query column, key row
     or column), any strides but a contiguous last axis; all float32 -> out (n, L, dv), a_ii
     (n, L) (empty unless mode is 2, "report")."""
@@ -198,11 +207,12 @@ def relative_attention(q, k, v, by_row, by_col, height: int, width: int, scale: 
     None). Check `applies` first.
     """
     b, heads, length, d = q.shape
-    n, tiles = b * heads, -(-length // TILE)
+    keys = tile()
+    n, tiles = b * heads, -(-length // keys)
     with torch.no_grad():
         q_s = (q * scale).reshape(n, length, d)
-        k_tiles = F.pad(k.reshape(n, length, d), (0, 0, 0, tiles * TILE - length))
-        k_tiles = k_tiles.reshape(n, tiles, TILE, d).transpose(2, 3).contiguous()
+        k_tiles = F.pad(k.reshape(n, length, d), (0, 0, 0, tiles * keys - length))
+        k_tiles = k_tiles.reshape(n, tiles, keys, d).transpose(2, 3).contiguous()
         out, a_ii = _op(q_s.contiguous(), k_tiles, v.reshape(n, length, -1).contiguous(),
                         _grid(by_row, n, height, width), _grid(by_col, n, height, width),
                         MODES[diagonal])

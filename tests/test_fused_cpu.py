@@ -15,7 +15,7 @@ from bench.flops import count_flops
 from lesa import BinaryTerm, LESA2d, fused_cpu
 from test_fastpaths import C, HEADS, MAX, MODES, TOL, qkv, ref_attend
 
-HERE_IT_SHOULD_RUN = (torch.backends.cpu.get_cpu_capability() == "AVX512"
+HERE_IT_SHOULD_RUN = (torch.backends.cpu.get_cpu_capability() in fused_cpu.ISA_FLAGS
                       and os.environ.get("LESA_FUSED_CPU", "1") != "0"
                       and (shutil.which(os.environ.get("CXX", "c++"))
                            or shutil.which("g++")) is not None)
@@ -27,7 +27,7 @@ def test_kernel_is_built_where_it_can_be():
     """Where the CPU, the compiler and the settings allow it, the kernel must be in use: a
     broken build would otherwise only make every other test here skip."""
     if not HERE_IT_SHOULD_RUN:
-        pytest.skip("no AVX-512, no compiler, or LESA_FUSED_CPU=0 here")
+        pytest.skip("no AVX-512 or AVX2, no compiler, or LESA_FUSED_CPU=0 here")
     assert fused_cpu.status() == "in use"
 
 
@@ -225,3 +225,20 @@ def test_unwritable_cache_falls_back_and_names_it(tmp_path):
     lines = out.splitlines()
     assert lines[0].startswith(f"off: kernel cache {blocker / 'kernels'} is not writable")
     assert "LESA_KERNEL_CACHE" in lines[0] and lines[-1] == "fell back"
+
+
+@pytest.mark.skipif(not (HERE_IT_SHOULD_RUN and torch.backends.cpu.get_cpu_capability()
+                         == "AVX512"), reason="the AVX2 build is tested on AVX-512 CPUs")
+def test_the_avx2_build_matches_reference_too(tmp_path):
+    """The kernel's AVX2 build (the one AVX2-only CPUs get: its own exp, masks, reductions and
+    row groups) through this file's correctness tests, with torch's capability lowered to AVX2."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "LESA_KERNEL_CACHE": str(tmp_path)}
+    code = "from lesa import fused_cpu; print(fused_cpu.status(), fused_cpu.tile())"
+    assert _in_subprocess(code, **env).strip() == "in use 16"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", __file__,
+                           "-k", "(matches_reference or whole_block or nan_in or thread) "
+                           "and not avx2"],
+                          capture_output=True, text=True, env=env, cwd=Path(__file__).parent)
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert proc.returncode == 0 and " passed" in summary and "skipped" not in summary, \
+        proc.stdout[-3000:]
