@@ -82,7 +82,8 @@ def _build():
     # torch's headers and libraries (torch.utils.cpp_extension would say the same, with a
     # warning about CUDA on machines without it)
     root = Path(torch.__file__).parent
-    flags = [*COMPILE_FLAGS, *ISA_FLAGS[capability], f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+    flags = [*COMPILE_FLAGS, *ISA_FLAGS[capability],
+             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
              f"-I{root / 'include'}"]
     link = [f"-L{root / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{root / 'lib'}"]
     key = hashlib.sha256(SOURCE.read_bytes()
@@ -163,10 +164,10 @@ def applies(q: torch.Tensor, v: torch.Tensor) -> bool:
 @torch.library.custom_op("lesa::relative_attention_cpu", mutates_args=())
 def _op(q: torch.Tensor, k_tiles: torch.Tensor, v: torch.Tensor, by_row: torch.Tensor,
         by_col: torch.Tensor, mode: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (n, L, d) pre-scaled, k_tiles (n, tiles, d, tile()) zero-padded, v (n, L, dv), contiguous;
-    by_row (n, H, W, H) and by_col (n, H, W, W) over (entry, query row, query column, key row
-    or column), any strides but a contiguous last axis; all float32 -> out (n, L, dv), a_ii
-    (n, L) (empty unless mode is 2, "report")."""
+    """q (n, L, d) pre-scaled, k_tiles (n, tiles, d, tile()) zero-padded, v (n, L, dv),
+    contiguous; by_row (n, H, W, H) and by_col (n, H, W, W) over (entry, query row, query
+    column, key row or column), any strides but a contiguous last axis; all float32 -> out
+    (n, L, dv), a_ii (n, L) (empty unless mode is 2, "report")."""
     n, length, d = q.shape
     dv, height, width = v.shape[-1], by_row.shape[-1], by_col.shape[-1]
     out = q.new_empty(n, length, dv)

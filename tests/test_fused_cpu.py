@@ -232,13 +232,14 @@ def test_unwritable_cache_falls_back_and_names_it(tmp_path):
 def test_the_avx2_build_matches_reference_too(tmp_path):
     """The kernel's AVX2 build (the one AVX2-only CPUs get: its own exp, masks, reductions and
     row groups) through this file's correctness tests, with torch's capability lowered to AVX2."""
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "LESA_KERNEL_CACHE": str(tmp_path)}
+    avx2 = {"ATEN_CPU_CAPABILITY": "avx2", "LESA_KERNEL_CACHE": str(tmp_path)}
     code = "from lesa import fused_cpu; print(fused_cpu.status(), fused_cpu.tile())"
-    assert _in_subprocess(code, **env).strip() == "in use 16"
+    assert _in_subprocess(code, **avx2).strip() == "in use 16"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", __file__,
                            "-k", "(matches_reference or whole_block or nan_in or thread) "
                            "and not avx2"],
-                          capture_output=True, text=True, env=env, cwd=Path(__file__).parent)
+                          capture_output=True, text=True, env={**os.environ, **avx2},
+                          cwd=Path(__file__).parent)
     summary = proc.stdout.strip().splitlines()[-1]
     assert proc.returncode == 0 and " passed" in summary and "skipped" not in summary, \
         proc.stdout[-3000:]
