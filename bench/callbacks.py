@@ -161,6 +161,9 @@ class SaveOnInterrupt(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, KeyboardInterrupt):
+            from bench.runner import saving_after_stop
+
+            saving_after_stop()  # the --jobs parent's copy of a Ctrl-C must not cut this short
             trainer.save_checkpoint(self.path)
 
 

@@ -444,29 +444,32 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where a Ctrl-C would be: every `except KeyboardInterrupt` treats it so."""
 
 
+_saving = False  # set once an interrupted run starts saving (SaveOnInterrupt)
+
+
+def saving_after_stop() -> None:
+    """Mark this process as saving after a stop: a SIGTERM is ignored from here on."""
+    global _saving
+    _saving = True
+
+
 def install_stop_signals() -> None:
     """SIGTERM (SLURM and other schedulers send it before killing) raises `Terminated`, so the
     run saves a checkpoint and is marked interrupted, as on Ctrl-C.
 
-    Once stopping, a SIGTERM is ignored: a worker of `run --jobs` or `sweep --workers` that got
-    a terminal's Ctrl-C (the whole process group gets it) is sent a SIGTERM by its parent too,
-    which must not cut the checkpoint save short (Lightning ignores further Ctrl-Cs once a fit
-    is interrupted for the same reason). SIGINT is left alone where it is ignored (a background
-    job of a non-interactive shell)."""
+    Once the run is saving (`saving_after_stop`), a SIGTERM is ignored: a worker of `run --jobs`
+    or `sweep --workers` that got a terminal's Ctrl-C (the whole process group gets it) is sent
+    a SIGTERM by its parent too, which must not cut the checkpoint save short (Lightning ignores
+    further Ctrl-Cs then, for the same reason). Before that point the SIGTERM still stops: a
+    first interrupt that Python swallowed (one raised inside a finalizer is only printed) must
+    not leave the worker training on."""
     import signal
 
     def on_term(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    def on_int(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        raise KeyboardInterrupt()
+        if not _saving:
+            raise Terminated()
 
     signal.signal(signal.SIGTERM, on_term)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, on_int)
 
 
 def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], results: Path,
@@ -497,8 +500,9 @@ def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], re
     try:
         codes = [w.wait() for w in workers]
     except KeyboardInterrupt:
-        # pass it on: a terminal's Ctrl-C reached the workers already (they ignore this second
-        # stop, see install_stop_signals), a `kill` or `kill -INT` of this process did not
+        # pass it on: a terminal's Ctrl-C reached the workers already (a worker that is saving
+        # ignores this second stop, see install_stop_signals), a `kill` or `kill -INT` of this
+        # process did not
         for w in workers:
             if w.poll() is None:
                 w.terminate()
