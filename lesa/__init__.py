@@ -3,9 +3,10 @@ C++ kernel for CPU inference that falls back to torch ops where it cannot be bui
 
     from lesa import LESA2d, FUSIONS, build_backbone, shares
 
-Read in this order: unary.py (local term), binary.py (context term), chunked.py (its CPU
-path) and fused_cpu.py (+ fused_attention.cpp: the same in CPU inference, one kernel),
-fusion.py (strategies), block.py (LESA2d and the share report), backbone.py (ResNets).
+Read in this order: layout.py (memory layout: a block's 1x1 convolutions as GEMMs in CPU
+training), unary.py (local term), binary.py (context term), chunked.py (its CPU path) and
+fused_cpu.py (+ fused_attention.cpp: the same in CPU inference, one kernel), fusion.py
+(strategies), block.py (LESA2d and the share report), backbone.py (ResNets).
 """
 from .backbone import ARCHS, ResNet, build_backbone
 from .binary import BinaryTerm, RelativePosition2d

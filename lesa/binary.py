@@ -47,6 +47,7 @@ from torch import nn
 
 from . import fused_cpu
 from .chunked import relative_attention
+from .layout import Pointwise, is_channels_last
 
 
 class RelativePosition2d(nn.Module):
@@ -185,7 +186,7 @@ class BinaryTerm(nn.Module):
         self.heads = heads
         self.qk_dim = channels // (2 * heads)
         self.v_dim = channels // heads
-        self.qkv = nn.Conv2d(channels, 2 * channels, 1, bias=False)
+        self.qkv = Pointwise(channels, 2 * channels)
         self.qkv_bn = nn.BatchNorm2d(2 * channels)
         self.rel = RelativePosition2d(self.qk_dim, max_size)
         self.out_bn = nn.BatchNorm2d(channels)
@@ -322,7 +323,3 @@ class BinaryTerm(nn.Module):
         out, _ = self.attend(q, k, v, height, width)
         return self.merge(out, height, width, like=x)
 
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """Whether a (B, C, H, W) map is laid out channels last (B, H, W, C) in memory."""
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layout import Pointwise
+
 
 class UnaryTerm(nn.Module):
     """U = BN(Conv1x1(GroupConv3x3(x, groups=heads))), C channels in and out.
@@ -16,7 +18,7 @@ class UnaryTerm(nn.Module):
     def __init__(self, channels: int, heads: int = 8):
         super().__init__()
         self.local = nn.Conv2d(channels, channels, 3, padding=1, groups=heads, bias=False)
-        self.mix = nn.Conv2d(channels, channels, 1, bias=False)
+        self.mix = Pointwise(channels, channels)
         self.bn = nn.BatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
