@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .binary import BinaryTerm
-from .layout import CHANNELS_LAST, Pointwise, is_channels_last, to_layout
+from .layout import Pointwise, is_channels_last, to_layout
 from .unary import UnaryTerm
 from .window import WindowedBinaryTerm
 
@@ -89,7 +89,7 @@ class Fusion(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inside = (self.channels_last_on_cpu and torch.is_grad_enabled()
                   and x.device.type == "cpu" and not is_channels_last(x))
-        y, share = self.fuse(to_layout(x, CHANNELS_LAST) if inside else x)
+        y, share = self.fuse(to_layout(x, torch.channels_last) if inside else x)
         if self.record_shares:
             self._record(share if self.fixed_unary_share is None else self.fixed_unary_share)
         y = self.pool(y)

@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CHANNELS_LAST = torch.channels_last
-
 
 def is_channels_last(x: torch.Tensor) -> bool:
     """Whether a (B, C, H, W) map is laid out channels last (B, H, W, C) in memory."""
@@ -30,7 +28,7 @@ def is_channels_last(x: torch.Tensor) -> bool:
 class _ToLayout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, memory_format):
-        ctx.back = CHANNELS_LAST if is_channels_last(x) else torch.contiguous_format
+        ctx.back = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         return x.contiguous(memory_format=memory_format)
 
     @staticmethod
@@ -40,7 +38,11 @@ class _ToLayout(torch.autograd.Function):
 
 def to_layout(x: torch.Tensor, memory_format) -> torch.Tensor:
     """x in `memory_format`, its gradient in x's own layout (`Tensor.contiguous` would pass the
-    gradient on in the new layout)."""
+    gradient on in the new layout). x itself where it is laid out so already (a 1x1 map is in
+    both layouts): a custom Function may not return its input, or an in-place op on the result
+    (the bottleneck's ReLU) fails."""
+    if x.is_contiguous(memory_format=memory_format):
+        return x
     return _ToLayout.apply(x, memory_format)
 
 

@@ -638,6 +638,20 @@ def test_a_training_step_runs_channels_last_inside_and_equals_nchw(fusion, windo
     assert seen and not any(is_channels_last(t) for _, _, t in seen)
 
 
+@pytest.mark.parametrize("shape,stride", [((2, C, 1, 1), 1), ((2, C, 2, 2), 2)])
+@pytest.mark.parametrize("fusion", [f for f in FUSIONS if f != "conv"])
+def test_a_block_with_a_1x1_map_takes_an_in_place_op_on_its_output(fusion, shape, stride):
+    """A 1x1 map is NCHW and channels last at once: nothing is converted there, in or out (a
+    custom Function returning its own input makes an in-place op on the result, such as the
+    bottleneck's ReLU after the block, fail)."""
+    block = LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, stride=stride)
+    x = torch.randn(*shape, requires_grad=True)
+    y = block(x * 1.0)
+    y.relu_()
+    y.sum().backward()
+    assert y.shape == (2, C, 1, 1) and x.grad.shape == x.shape and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
 def test_projection_gradients_come_back_in_the_bn_layout(layout):
     """q, k and v are split on the axis that is outermost in memory, so the gradient reaching
