@@ -2,13 +2,13 @@
 work (each subcommand names its module below). Heavy imports (torch, lightning) happen inside
 the subcommands that need them, so --help, `run --dry-run`, `status` and `report` stay fast.
 
-    run      bench/runner.py   train the experiment matrix (skip done, resume unfinished)
+    run      bench/run/runner.py   train the experiment matrix (skip done, resume unfinished)
     status   bench/report.py   each run's state and progress
     report   bench/report.py   ablation, shares and cost tables; exports and plots
     sweep    bench/sweep.py    Optuna studies, one per strategy
-    models   bench/models.py   parameters, FLOPs and output shape of every strategy
+    models   bench/report/costs.py   parameters, FLOPs and output shape of every strategy
     profile  bench/profile.py  speed and memory of the attention strategies and peers
-    convert  bench/convert.py  dataset converters (VisDrone -> COCO)
+    convert  bench/data/convert.py  dataset converters (VisDrone -> COCO)
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def cmd_run(args, console: Console) -> int:
 
         print_status(exp, runs, args.results, console, title="dry run")
         return 0
-    from bench.runner import install_stop_signals, run_experiment, run_workers
+    from bench.run.runner import install_stop_signals, run_experiment, run_workers
 
     install_stop_signals()
     if args.jobs > 1:
@@ -147,7 +147,7 @@ def cmd_report(args, console: Console) -> int:
 
 def cmd_sweep(args, console: Console) -> int:
     from bench.config import load_experiment
-    from bench.runner import install_stop_signals
+    from bench.run.runner import install_stop_signals
     from bench.sweep import run_sweep
 
     exp = load_experiment(args.experiment, args.set, args.only)
@@ -157,7 +157,7 @@ def cmd_sweep(args, console: Console) -> int:
 
 
 def cmd_models(args, console: Console) -> int:
-    from bench.models import print_models
+    from bench.report.costs import print_models
 
     return print_models(args.backbone, args.size, args.classes, args.output_stride, console,
                         args.format)

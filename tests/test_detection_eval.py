@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.detection_eval import AITOD_BUCKETS, DetectionMetrics
+from bench.tasks.metrics import AITOD_BUCKETS, DetectionMetrics
 
 pycocotools = pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402

@@ -160,7 +160,7 @@ def test_runs_record_their_environment_and_the_report_names_it(tiny_experiment, 
 
 _SIGNALS_SCRIPT = r"""
 import os, signal, sys
-from bench.runner import Terminated, install_stop_signals, saving_after_stop
+from bench.run.runner import Terminated, install_stop_signals, saving_after_stop
 
 def send(name):
     if name == "saving":  # what SaveOnInterrupt calls before it saves
@@ -206,8 +206,8 @@ def test_a_saving_process_ignores_the_stop_its_parent_passes_on(sigint, sent, se
 
 _HELD_SCRIPT = r"""
 import os, signal
-from bench.checkpoints import _stops_held
-from bench.runner import Terminated, install_stop_signals
+from bench.run.checkpoints import _stops_held
+from bench.run.runner import Terminated, install_stop_signals
 
 install_stop_signals()
 steps = []

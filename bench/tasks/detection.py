@@ -21,7 +21,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork
 
 import lesa
-from bench.detection_eval import AITOD_BUCKETS, COCO_KEYS, DetectionMetrics
+from bench.tasks.metrics import AITOD_BUCKETS, COCO_KEYS, DetectionMetrics
 from bench.tasks import TASKS, backbone_kwargs
 from bench.tasks.optim import build_optimizers
 

@@ -305,7 +305,7 @@ def print_tables(exp: Experiment, records: list[RunRecord], console: Console) ->
 
 
 def environment_label(env: dict) -> str:
-    """One line naming what a run's rounding depends on (bench.runner.environment)."""
+    """One line naming what a run's rounding depends on (bench.run.runner.environment)."""
     device = str(env.get("device"))
     if env.get("cpu_capability"):
         device += f" ({env['cpu_capability']})"

@@ -54,8 +54,8 @@ def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monito
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from bench.callbacks import DivergenceGuard, LogLines, SaveOnInterrupt, StatusProgress
-    from bench.checkpoints import AtomicCheckpointIO, PeriodicCheckpoint, RunState
+    from bench.run.callbacks import DivergenceGuard, LogLines, SaveOnInterrupt, StatusProgress
+    from bench.run.checkpoints import AtomicCheckpointIO, PeriodicCheckpoint, RunState
 
     t = run.config["trainer"]
     interactive = sys.stdout.isatty() and not _is_ddp_child()
@@ -77,7 +77,7 @@ def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monito
         logger=CSVLogger(run_dir.path, name="logs", version=""),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        # the datamodules' samplers are sharded by rank in bench/checkpoints.py, which can resume
+        # the datamodules' samplers are sharded by rank in bench/run/checkpoints.py, which can resume
         # mid-epoch; Lightning's DistributedSampler wrapper could not
         use_distributed_sampler=False,
         enable_progress_bar=interactive,
@@ -100,8 +100,8 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     import lightning as L
     import torch
 
-    from bench.callbacks import CostsAndShares
-    from bench.checkpoints import ResumableData
+    from bench.run.callbacks import CostsAndShares
+    from bench.run.checkpoints import ResumableData
     from bench.data import build_datamodule, dataset_spec
     from bench.tasks import TASKS, build_task
 
@@ -197,12 +197,12 @@ def resume_point(run_dir: RunDir, run: Run | None = None,
                  hparams: dict | None = None) -> Path | None:
     """The checkpoint to resume from: last.ckpt, else last.prev.ckpt, else best.ckpt.
 
-    Checkpoints are written atomically (bench/checkpoints.py), so a kill mid-save leaves the
+    Checkpoints are written atomically (bench/run/checkpoints.py), so a kill mid-save leaves the
     previous one; a file damaged some other way (disk full, a bad copy) is set aside, not
     trusted, and the fallback is said on the console and in status.json. A checkpoint written by
     another config's run is refused (ForeignCheckpoint), never loaded.
     """
-    from bench.checkpoints import check_owner, read_checkpoint
+    from bench.run.checkpoints import check_owner, read_checkpoint
 
     for tmp in run_dir.checkpoints.glob(".*.tmp"):  # left by a kill mid-save (we hold the lock)
         tmp.unlink(missing_ok=True)

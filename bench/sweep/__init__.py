@@ -5,7 +5,7 @@ An experiment's `sweep:` section names a search space over dotted config keys, t
 its seed axis (a strategy, times a dataset when there are several) gets its own study named
 `<experiment>/<fusion>/<dataset>`, so every strategy is tuned with the same budget. A trial is
 the cell's base run (the matrix's first seed) with the trial's parameters set: its id is the hash
-of that config, it trains through bench/runner.py like any run, lands in results/<experiment>/,
+of that config, it trains through bench/run/runner.py like any run, lands in results/<experiment>/,
 and the objective is its best validation value of the task's monitor metric (never a test
 metric). A trial whose parameters repeat a finished run reuses that run.
 
@@ -16,7 +16,7 @@ failed and queues its parameters again (the re-queued trial resumes the same run
 checkpoint). An exception, a NaN loss or an out-of-memory error fails that trial only.
 
 The `sweep:` section itself (its parsing and validation, the parameter specs, grid sizes and
-applying a trial's parameters to a config) is in bench/sweep_space.py, which the config
+applying a trial's parameters to a config) is in bench/config/sweep.py, which the config
 loader imports. Nothing here imports torch or optuna at module import.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from rich.table import Table
 from bench.config import ConfigError, Experiment, Run, run_id
 from bench.data import DATASETS
 from bench.store import RunDir, experiment_dir, write_atomic
-from bench.sweep_space import grid_size, grid_values, with_params
+from bench.config.sweep import grid_size, grid_values, with_params
 from bench.tasks import TASKS
 
 JOURNAL = "sweep.journal"  # default storage, under results/<experiment>/
@@ -401,7 +401,7 @@ class Objective:
         import optuna
         from optuna_integration import PyTorchLightningPruningCallback
 
-        from bench.runner import RunInterrupted, execute
+        from bench.run.runner import RunInterrupted, execute
 
         for _ in range(3):
             if run_dir.status().get("state") == "done" and run_dir.metrics():
@@ -506,7 +506,7 @@ def _worker_process(exp: Experiment, results: Path, url: str | None, budgets: di
                     workers: int) -> None:
     import sys
 
-    from bench.runner import install_stop_signals
+    from bench.run.runner import install_stop_signals
 
     install_stop_signals()
     sys.exit(sweep_worker(exp, results, url, budgets, worker, Console(), workers))
@@ -579,7 +579,7 @@ def run_sweep(exp: Experiment, results: Path, console: Console, trials: int | No
         c = _counts(study)
         console.print(f"  {cell.short}: {c['complete'] + c['pruned']}/{budget} done "
                       f"({c['complete']} complete, {c['pruned']} pruned), {c['failed']} failed")
-    from bench.runner import preflight
+    from bench.run.runner import preflight
 
     preflight([cell.base for cell in cells])
     if workers == 1:
@@ -615,7 +615,7 @@ def _spawn_workers(exp, results, url, budgets, workers: int, console: Console) -
     try:
         for proc in procs:
             proc.join()
-    except KeyboardInterrupt:  # pass it on, as run --jobs does (bench/runner.py, run_workers)
+    except KeyboardInterrupt:  # pass it on, as run --jobs does (bench/run/runner.py, run_workers)
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 import lesa
-from bench import flops
+from bench.report import flops
 
 
 def forward_flops(module: torch.nn.Module, example: torch.Tensor) -> int:
@@ -161,7 +161,7 @@ class SaveOnInterrupt(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, KeyboardInterrupt):
-            from bench.runner import saving_after_stop
+            from bench.run.runner import saving_after_stop
 
             saving_after_stop()  # the --jobs parent's copy of a Ctrl-C must not cut this short
             trainer.save_checkpoint(self.path)

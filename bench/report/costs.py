@@ -9,7 +9,7 @@ def model_costs(backbone: str, size: int, classes: int, output_stride: int = 32)
     import torch
 
     import lesa
-    from bench.callbacks import forward_flops
+    from bench.run.callbacks import forward_flops
 
     rows = []
     x = torch.zeros(1, 3, size, size)

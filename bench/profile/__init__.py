@@ -64,7 +64,7 @@ import time
 import warnings
 from pathlib import Path
 
-from bench.flops import count_flops
+from bench.report.flops import count_flops
 
 DEFAULT_SHAPES = ("8,256,16,16", "8,256,32,32", "8,256,64,64")
 QUICK_SHAPES = ("2,32,8,8",)

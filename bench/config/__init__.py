@@ -372,7 +372,7 @@ def experiment_from_dict(raw, path: Path | None = None, overrides=(), only=()) -
         seen[run.id] = run
     sweep = raw.get("sweep")
     if sweep is not None:
-        from bench.sweep_space import validate_sweep  # the sweep section's own schema
+        from bench.config.sweep import validate_sweep  # the sweep section's own schema
 
         sweep = validate_sweep(sweep, runs)
     return Experiment(name, path, base, matrix, runs, sweep, raw)

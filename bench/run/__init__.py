@@ -1,0 +1,1 @@
+"""Running experiments: the runner, one run's training, resume, callbacks, stop signals, workers."""
