@@ -8,7 +8,6 @@ keeps its strided conv.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from .binary import BinaryTerm
 from .block import LESA2d, check_fusion
+from .names import unknown
 
 
 @dataclass(frozen=True)
@@ -184,9 +184,7 @@ def build_backbone(name: str, fusion: str = "dynamic", num_classes: int | None =
     attention_stages, max_size, in_channels, window, recompute_attention, channels_last) and
     `stem` (imagenet, small or cifar) to replace the architecture's stem."""
     if name not in ARCHS:
-        close = difflib.get_close_matches(name, ARCHS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown backbone {name!r}{hint}; choose from {', '.join(ARCHS)}")
+        raise ValueError(unknown("backbone", name, ARCHS))
     arch = ARCHS[name]
     stem = kwargs.pop("stem", None)
     if stem:  # e.g. a ResNet-50 on 32x32 CIFAR images takes the 3x3/1 "cifar" stem

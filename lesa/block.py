@@ -1,19 +1,16 @@
 """LESA2d, the public drop-in module, and the share report over a whole model."""
 from __future__ import annotations
 
-import difflib
-
 import torch
 from torch import nn
 
 from .fusion import FUSIONS, Fusion
+from .names import unknown
 
 
 def check_fusion(name: str) -> None:
     if name not in FUSIONS:
-        close = difflib.get_close_matches(name, FUSIONS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown fusion {name!r}{hint}; choose from {', '.join(FUSIONS)}")
+        raise ValueError(unknown("fusion", name, FUSIONS))
 
 
 class LESA2d(nn.Module):

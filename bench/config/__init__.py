@@ -17,7 +17,6 @@ Nothing here imports torch: validation and `--dry-run` stay fast.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import itertools
 import json
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from lesa.names import did_you_mean
 
 from bench.data import COMMON_OPTIONS, DATASETS
 from bench.tasks import TASKS
@@ -79,11 +80,6 @@ TOP_LEVEL = ("name", "seed", "data", "model", "optim", "trainer", "matrix", "swe
              "description")
 
 
-def _closest(word, options) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _allowed(options) -> str:
     return ", ".join(str(o) for o in options)
 
@@ -94,7 +90,7 @@ def check_keys(where: str, mapping: dict, allowed, what: str = "unknown key") ->
     for key in mapping:
         if key not in allowed:
             path = f"{where}.{key}" if where else str(key)
-            raise ConfigError(f"{path}: {what}{_closest(key, allowed)}; allowed: "
+            raise ConfigError(f"{path}: {what}{did_you_mean(key, allowed)}; allowed: "
                               f"{_allowed(allowed)}")
 
 
@@ -117,7 +113,7 @@ def schema_for(data_name: str) -> dict:
 
 def _check_value(path: str, value, default) -> None:
     if path in CHOICES and value not in CHOICES[path]:
-        raise ConfigError(f"{path}: {value!r} is not allowed{_closest(value, CHOICES[path])}; "
+        raise ConfigError(f"{path}: {value!r} is not allowed{did_you_mean(value, CHOICES[path])}; "
                           f"choose from {_allowed(CHOICES[path])}")
     if default is None or value is None and default is None:
         return
@@ -138,7 +134,7 @@ def _merge(base: dict, update: dict, schema: dict, prefix: str) -> None:
     for key, value in update.items():
         path = f"{prefix}{key}"
         if key not in schema:
-            raise ConfigError(f"{path}: unknown key{_closest(key, schema)}; allowed here: "
+            raise ConfigError(f"{path}: unknown key{did_you_mean(key, schema)}; allowed here: "
                               f"{_allowed(schema)}")
         default = schema[key]
         if isinstance(default, dict) and isinstance(value, dict) and default:
@@ -292,7 +288,7 @@ def load_experiment(path: str | Path, overrides: list[str] = (), only: list[str]
         hint = ""
         if path.parent.is_dir():
             options = [p.name for p in path.parent.glob("*.yaml")]
-            hint = _closest(path.name, options)
+            hint = did_you_mean(path.name, options)
         raise ConfigError(f"experiment file {str(path)!r} not found{hint}")
     try:
         raw = yaml.safe_load(path.read_text())

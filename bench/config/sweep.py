@@ -14,9 +14,10 @@ import copy
 import json
 import math
 
-from bench.config import ConfigError, Run, _closest, check_keys, resolve, set_dotted
+from bench.config import ConfigError, Run, check_keys, resolve, set_dotted
 from bench.data import DATASETS
 from bench.tasks import TASKS
+from lesa.names import did_you_mean
 
 SWEEP_KEYS = ("params", "trials", "metric", "direction", "sampler", "pruner", "enqueue",
               "storage")
@@ -62,13 +63,13 @@ def _named_options(value, where: str, table: dict, default: str) -> dict:
     options = dict(value)
     name = options.pop("name", default)
     if name not in table:
-        raise ConfigError(f"{where}.name: {name!r} is not allowed{_closest(name, table)}; "
+        raise ConfigError(f"{where}.name: {name!r} is not allowed{did_you_mean(name, table)}; "
                           f"choose from {', '.join(table)}")
     allowed = table[name]
     for key, option in options.items():
         if key not in allowed:
             raise ConfigError(f"{where}.{key}: not an option of the {name} {where.split('.')[1]}"
-                              f"{_closest(key, allowed)}; allowed: "
+                              f"{did_you_mean(key, allowed)}; allowed: "
                               f"{', '.join(allowed) or 'none'}")
         kinds = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
         ok = any(option == k if isinstance(k, str) else
@@ -100,7 +101,7 @@ def _param_spec(key: str, spec, base_value) -> dict:
         else:
             kind = "float"
     if kind not in PARAM_TYPES:
-        raise ConfigError(f"{where}.type: {kind!r} is not allowed{_closest(kind, PARAM_TYPES)}; "
+        raise ConfigError(f"{where}.type: {kind!r} is not allowed{did_you_mean(kind, PARAM_TYPES)}; "
                           f"choose from {', '.join(PARAM_TYPES)}")
     if kind == "categorical":
         choices = spec.get("choices")
@@ -216,7 +217,7 @@ def validate_sweep(sweep, runs: list[Run]) -> dict:
             if key not in leaves:
                 section = any(k.startswith(f"{key}.") for k in leaves)
                 what = ("a section, not a key" if section else
-                        f"not a config key{_closest(key, leaves)}")
+                        f"not a config key{did_you_mean(key, leaves)}")
                 where = f" (of the {dataset} runs)" if len(examples) > 1 else ""
                 raise ConfigError(f"sweep.params.{key}: {what}{where}")
             base_value = _get(example, key)
@@ -235,7 +236,7 @@ def validate_sweep(sweep, runs: list[Run]) -> dict:
     if direction is not None:
         if direction not in DIRECTIONS:
             raise ConfigError(f"sweep.direction: {direction!r} is not allowed"
-                              f"{_closest(direction, DIRECTIONS)}; choose from maximize, minimize")
+                              f"{did_you_mean(direction, DIRECTIONS)}; choose from maximize, minimize")
         wrong = [m for m, mode in monitors if (mode == "max") != (direction == "maximize")]
         if wrong:
             raise ConfigError(f"sweep.direction: {direction!r}, but {wrong[0]} is "
@@ -266,7 +267,7 @@ def validate_sweep(sweep, runs: list[Run]) -> dict:
         for key, value in entry.items():
             if key not in space:
                 raise ConfigError(f"sweep.enqueue[{i}].{key}: not a swept parameter"
-                                  f"{_closest(key, space)}; swept: {', '.join(space)}")
+                                  f"{did_you_mean(key, space)}; swept: {', '.join(space)}")
             if not _contains(space[key], value):
                 raise ConfigError(f"sweep.enqueue[{i}].{key}: {value!r} is outside its range")
         if sampler["name"] == "grid" and set(entry) != set(space):

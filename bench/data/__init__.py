@@ -13,9 +13,10 @@ Contract for every datamodule class named here:
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 from dataclasses import dataclass, field
+
+from lesa.names import unknown
 
 
 class DataError(ValueError):
@@ -58,9 +59,7 @@ DATASETS: dict[str, DatasetSpec] = {
 
 def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
-        close = difflib.get_close_matches(str(name), DATASETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DataError(f"unknown dataset {name!r}{hint}; choose from {', '.join(DATASETS)}")
+        raise DataError(unknown("dataset", name, DATASETS))
     return DATASETS[name]
 
 
