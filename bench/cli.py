@@ -2,12 +2,13 @@
 work (each subcommand names its module below). Heavy imports (torch, lightning) happen inside
 the subcommands that need them, so --help, `run --dry-run`, `status` and `report` stay fast.
 
-    run      bench/run/runner.py   train the experiment matrix (skip done, resume unfinished)
-    status   bench/report.py   each run's state and progress
-    report   bench/report.py   ablation, shares and cost tables; exports and plots
-    sweep    bench/sweep.py    Optuna studies, one per strategy
-    models   bench/report/costs.py   parameters, FLOPs and output shape of every strategy
-    profile  bench/profile.py  speed and memory of the attention strategies and peers
+    run      bench/run/runner.py    train the matrix (skip done, resume unfinished); one run's
+                                    fit and test in bench/run/train.py; --jobs: run/workers.py
+    status   bench/report/          each run's state and progress
+    report   bench/report/          ablation, shares and cost tables; exports and plots
+    sweep    bench/sweep/study.py   Optuna studies, one per strategy; --workers: run/workers.py
+    models   bench/report/costs.py  parameters, FLOPs and output shape of every strategy
+    profile  bench/profile/         speed and memory of the attention strategies and peers
     convert  bench/data/convert.py  dataset converters (VisDrone -> COCO)
 """
 from __future__ import annotations
@@ -94,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md"], help="print a Markdown table")
 
     for name, module, text in (("profile", "profile", "speed and memory of attention strategies"),
-                               ("convert", "convert", "convert a dataset to COCO format")):
+                               ("convert", "data.convert", "convert a dataset to COCO format")):
         p = sub.add_parser(name, help=text)
+        p.set_defaults(module=f"bench.{module}")
         try:
             __import__(f"bench.{module}", fromlist=["add_arguments"]).add_arguments(p)
         except ImportError:
@@ -113,7 +115,8 @@ def cmd_run(args, console: Console) -> int:
 
         print_status(exp, runs, args.results, console, title="dry run")
         return 0
-    from bench.run.runner import install_stop_signals, run_experiment, run_workers
+    from bench.run.runner import run_experiment, run_workers
+    from bench.run.signals import install_stop_signals
 
     install_stop_signals()
     if args.jobs > 1:
@@ -147,13 +150,13 @@ def cmd_report(args, console: Console) -> int:
 
 def cmd_sweep(args, console: Console) -> int:
     from bench.config import load_experiment
-    from bench.run.runner import install_stop_signals
+    from bench.run.signals import install_stop_signals
     from bench.sweep import run_sweep
 
     exp = load_experiment(args.experiment, args.set, args.only)
     install_stop_signals()
     return run_sweep(exp, args.results, console, trials=args.trials, storage=args.storage,
-                     workers=args.workers)
+                     workers=args.workers, argv=args.argv)
 
 
 def cmd_models(args, console: Console) -> int:
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in handlers:
             return handlers[args.command](args, console)
-        module = __import__(f"bench.{args.command}", fromlist=["run"])
+        module = __import__(args.module, fromlist=["run"])
         return module.run(args)
     except (ConfigError, DataError, FileNotFoundError, PermissionError) as err:
         if args.debug:

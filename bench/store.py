@@ -1,8 +1,8 @@
 """The results store: one folder per run, results/<experiment>/<run-id>/.
 
     config.yaml     the resolved config (the run id is a hash of it)
-    status.json     state (pending/running/done/failed/interrupted), error, timing, host,
-                    progress; written atomically, read by `status` and `report`
+    status.json     state (a RunState), error, timing, host, progress; written atomically,
+                    read by `status` and `report`
     metrics.json    final metrics: test metrics, shares, costs (atomic)
     checkpoints/    last.ckpt and best.ckpt
     logs/           Lightning's CSV logs
@@ -18,11 +18,28 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import yaml
 
-STATES = ("pending", "running", "done", "failed", "interrupted", "pruned")
+
+class RunState(str, Enum):
+    """A run's state in status.json. A str: it compares, hashes, prints and is stored as its
+    value ("done", never "RunState.DONE")."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    PRUNED = "pruned"  # a sweep trial stopped early by Optuna's pruner
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -69,7 +86,7 @@ class RunDir:
             return None
 
     def status(self) -> dict:
-        return _read_json(self.path / "status.json") or {"state": "pending"}
+        return _read_json(self.path / "status.json") or {"state": RunState.PENDING}
 
     def metrics(self) -> dict | None:
         return _read_json(self.path / "metrics.json")
@@ -117,15 +134,7 @@ class RunDir:
                 return time.time() - lock.stat().st_mtime > 60
             except FileNotFoundError:
                 return True
-        if holder.get("host") != socket.gethostname():
-            return False  # another machine's lock: trust it (shared results dir)
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, KeyError, ValueError):
-            return False
-        return False
+        return process_gone(holder)  # another machine's lock is trusted (shared results dir)
 
     def unlock(self) -> None:
         try:
@@ -136,6 +145,35 @@ class RunDir:
     def locked_by_other(self) -> bool:
         lock = self.path / "lock"
         return lock.exists() and not self._lock_is_stale(lock)
+
+
+def proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a local process from /proc (Linux); None elsewhere or if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_gone(holder: dict) -> bool:
+    """Whether the process `holder` names ({"host", "pid"[, "start"]}: a lock's or a sweep
+    worker's) is gone. Only a process on this host can be checked; another host's counts as
+    alive. A zombie, or a pid now used by a process that started at another time, is gone."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    stat = proc_stat(int(holder["pid"]))
+    if stat is not None:
+        state, start = stat
+        if state == "Z" or (holder.get("start") and start != holder["start"]):
+            return True
+    return False
 
 
 def experiment_dir(results: Path, name: str) -> Path:

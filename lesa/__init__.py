@@ -3,16 +3,28 @@ C++ kernel for CPU inference that falls back to torch ops where it cannot be bui
 
     from lesa import LESA2d, FUSIONS, build_backbone, shares
 
-Read in this order: layout.py (memory layout: a block's 1x1 convolutions as GEMMs in CPU
-training), unary.py (local term), binary.py (context term), chunked.py (its CPU path) and
-fused_cpu.py (+ fused_attention.cpp: the same in CPU inference, one kernel), fusion.py
-(strategies), block.py (LESA2d and the share report), backbone.py (ResNets).
+Read in this order: unary.py (local term), binary.py (context term) and window.py (its local
+variant), fusion.py (strategies), block.py (LESA2d and the share report), backbone.py (ResNets).
+How each device computes the attention sits apart in kernels/ (SDPA operands, the chunked CPU
+path, the fused CPU kernel); layout.py keeps a block's 1x1 convolutions as GEMMs in CPU training.
 """
-from .backbone import ARCHS, ResNet, build_backbone
-from .binary import BinaryTerm, RelativePosition2d
-from .block import LESA2d, record_shares, reset_shares, shares
-from .fusion import FUSIONS, Fusion, register
-from .unary import UnaryTerm
+from __future__ import annotations
 
-__all__ = ["ARCHS", "FUSIONS", "BinaryTerm", "Fusion", "LESA2d", "RelativePosition2d", "ResNet",
-           "UnaryTerm", "build_backbone", "record_shares", "register", "reset_shares", "shares"]
+import importlib
+
+# Loaded on first use, so that `lesa.names` (the did-you-mean helper the bench's config uses)
+# imports without torch.
+_EXPORTS = {"ARCHS": "backbone", "ResNet": "backbone", "build_backbone": "backbone",
+            "BinaryTerm": "binary", "RelativePosition2d": "binary",
+            "LESA2d": "block", "record_shares": "block", "reset_shares": "block",
+            "shares": "block", "FUSIONS": "fusion", "Fusion": "fusion", "register": "fusion",
+            "UnaryTerm": "unary", "fused_cpu": "kernels"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lesa' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

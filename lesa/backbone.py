@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from .binary import BinaryTerm
-from .block import LESA2d, check_fusion
+from .block import LESA2d
+from .fusion import check_fusion
 from .names import unknown
 
 
@@ -43,12 +44,12 @@ ARCHS: dict[str, Arch] = {
 
 class Bottleneck(nn.Module):
     def __init__(self, in_channels: int, mid: int, out_channels: int, stride: int, dilation: int,
-                 fusion: str, heads: int, max_size: int, window: int | None = None):
+                 fusion: str, heads: int, max_map_size: int, window: int | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.conv2 = LESA2d(mid, heads=heads, fusion=fusion, stride=stride, dilation=dilation,
-                            max_size=max_size, window=window)  # includes its BN
+                            max_map_size=max_map_size, window=window)  # includes its BN
         self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
@@ -99,9 +100,8 @@ class ResNet(nn.Module):
     attention local (lesa/window.py): an int for every attention stage, or a mapping from stage
     to int or None, e.g. {3: None, 4: 8}; None (default) keeps global attention everywhere.
     `channels_last=True` keeps the weights and every feature map in the channels-last memory
-    format (the input is converted on entry; the features come out channels last): on CPU a
-    training step took ~0.8x the time on one machine (README, The library, also for why it is
-    off by default).
+    format (the input is converted on entry; the features come out channels last), which saves
+    the blocks' layout conversions on CPU.
     `recompute_attention=True` makes every global attention rebuild its softmax weights in the
     backward pass instead of keeping them (`BinaryTerm.recompute`: memory O(L), not L x L), and
     every windowed one whose operands exceed its `chunk_bytes` rebuild them in checkpointed
@@ -110,7 +110,7 @@ class ResNet(nn.Module):
 
     def __init__(self, arch: Arch, fusion: str = "dynamic", num_classes: int | None = None,
                  heads: int = 8, output_stride: int = 32, attention_stages=(3, 4),
-                 max_size: int = 64, in_channels: int = 3,
+                 max_map_size: int = 64, in_channels: int = 3,
                  window: int | dict[int, int | None] | None = None,
                  recompute_attention: bool = False, channels_last: bool = False):
         super().__init__()
@@ -133,7 +133,7 @@ class ResNet(nn.Module):
                 use_attention = stage in attention_stages and not (stage == 3 and b == 0)
                 stage_blocks.append(Bottleneck(
                     channels, mid, out_channels, block_stride, dilation,
-                    fusion if use_attention else "conv", heads, max_size,
+                    fusion if use_attention else "conv", heads, max_map_size,
                     _stage_window(window, stage)))
                 channels = out_channels
             setattr(self, f"layer{stage}", nn.Sequential(*stage_blocks))
@@ -181,8 +181,8 @@ def build_backbone(name: str, fusion: str = "dynamic", num_classes: int | None =
                    **kwargs) -> ResNet:
     """Build a backbone by name (`lesa.ARCHS`): resnet50, resnet26, wrn50, resnet_tiny (32x32
     inputs), resnet_small (128x128 inputs). kwargs go to `ResNet` (heads, output_stride,
-    attention_stages, max_size, in_channels, window, recompute_attention, channels_last) and
-    `stem` (imagenet, small or cifar) to replace the architecture's stem."""
+    attention_stages, max_map_size, in_channels, window, recompute_attention, channels_last)
+    and `stem` (imagenet, small or cifar) to replace the architecture's stem."""
     if name not in ARCHS:
         raise ValueError(unknown("backbone", name, ARCHS))
     arch = ARCHS[name]

@@ -4,32 +4,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fusion import FUSIONS, Fusion
-from .names import unknown
-
-
-def check_fusion(name: str) -> None:
-    if name not in FUSIONS:
-        raise ValueError(unknown("fusion", name, FUSIONS))
+from .fusion import Fusion, build
 
 
 class LESA2d(nn.Module):
     """Locally enhanced self-attention as a drop-in for a bottleneck's 3x3 conv + BN.
 
-    (B, C, H, W) -> (B, C, H / stride, W / stride) for any H, W up to `max_size` (the reach of
-    the relative position tables), non-square maps and batch size 1 included. `fusion` picks
-    the strategy from `lesa.FUSIONS` (default: the paper's dynamic fusion). `window` (an int)
-    makes the binary term local (lesa/window.py): window x window query blocks with a halo of
-    window // 2, for maps of any size (the tables then need max_size >= 1.5 window).
+    (B, C, H, W) -> (B, C, H / stride, W / stride) for any H, W up to `max_map_size` (the reach
+    of the relative position tables), non-square maps and batch size 1 included. `fusion` picks
+    the strategy from `lesa.FUSIONS` (default: the paper's dynamic fusion), which takes the
+    options it uses. `window` (an int) makes the binary term local (lesa/window.py): window x
+    window query blocks with a halo of window // 2, for maps of any size (the tables then need
+    max_map_size >= 1.5 window).
     """
 
     def __init__(self, channels: int, heads: int = 8, fusion: str = "dynamic", stride: int = 1,
-                 dilation: int = 1, max_size: int = 64, window: int | None = None):
+                 dilation: int = 1, max_map_size: int = 64, window: int | None = None):
         super().__init__()
-        check_fusion(fusion)
-        extra = {} if window is None else {"window": window}
-        self.fusion = FUSIONS[fusion](channels, heads=heads, stride=stride, dilation=dilation,
-                                      max_size=max_size, **extra)
+        self.fusion = build(fusion, channels, heads=heads, stride=stride, dilation=dilation,
+                            max_map_size=max_map_size, window=window)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fusion(x)

@@ -1,17 +1,14 @@
 """Memory layout on CPU: a LESA block trains channels last inside, whatever the caller's layout.
 
 A LESA block is mostly 1x1 convolutions (the qkv projection, the unary term's mix, the gate's
-two) and batch norms. On CPU a 1x1 convolution on an NCHW map took 1.6-1.8x the time, forward
-and backward, of the same product as one GEMM over the (B x H x W, C) rows of a channels-last
-map (`Pointwise`; B=8, 16 x 16, 256 -> 256, 512 -> 256 and 256 -> 512 channels). So in a
-training step on CPU a block given an NCHW map converts it once on the way in and once on the
-way out (`to_layout`, called by lesa/fusion.py's `Fusion.forward`), and each conversion's
-backward converts the gradient back: a gradient in the other layout than its tensor sends batch
-norms and convolutions to kernels up to 10x slower. The dynamic block's training step then took
-0.93x the time (B=8, 256 x 16 x 16; `sum` and `softmax` 0.93x, `sa` 0.96x, `unary` and
-`binary` 1.0x). Inference stays in the caller's layout: there the two copies cost more than the
-GEMMs gain (1.03-1.14x the time). A channels-last network (`build_backbone(...,
-channels_last=True)`) needs no conversion at all.
+two) and batch norms. On CPU a 1x1 convolution on an NCHW map is slower, forward and backward,
+than the same product as one GEMM over the (B x H x W, C) rows of a channels-last map
+(`Pointwise`). So in a training step on CPU a block given an NCHW map converts it once on the
+way in and once on the way out (`to_layout`, called by lesa/fusion.py's `Fusion.forward`), and
+each conversion's backward converts the gradient back: a gradient in the other layout than its
+tensor sends batch norms and convolutions to much slower kernels. Inference stays in the
+caller's layout: there the two copies cost more than the GEMMs gain. A channels-last network
+(`build_backbone(..., channels_last=True)`) needs no conversion at all.
 """
 from __future__ import annotations
 

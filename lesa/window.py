@@ -8,36 +8,38 @@ constant: time and memory grow linearly in H*W.
 
 Everything else is the global term's (lesa/binary.py): the same q/k/v projection, 1/sqrt(d)
 scaling, the same relative position tables and scheme (s_ij = q_i.k_j / sqrt(d) +
-q_i.r_h[y_j - y_i] + q_i.r_w[x_j - x_i], now only for j in i's neighbourhood), the same widening
-trick (one-hot channels over the window's rows and columns, so no bias tensor is built), the
-same sink key for a_ii and the same "keep" / "mask" / "report" diagonal modes, so every fusion
-strategy and the share report work unchanged. Offsets inside a neighbourhood reach
-window + halo - 1, so the tables need max_size >= window + halo; the map itself may be larger
-than max_size. The parameters are the global term's (same names and shapes), so a state dict
-moves between the two. With window >= H and W the term is exactly global attention.
+q_i.r_h[y_j - y_i] + q_i.r_w[x_j - x_i], now only for j in i's neighbourhood), the same SDPA
+operands (lesa/kernels/sdpa.py: one-hot channels over the window's rows and columns, so no bias
+tensor is built; the sink key for a_ii) and the same "keep" / "mask" / "report" diagonal modes,
+so every fusion strategy and the share report work unchanged. Offsets inside a neighbourhood
+reach window + halo - 1, so the tables need max_map_size >= window + halo; the map itself may be
+larger than max_map_size. The parameters are the global term's (same names and shapes), so a
+state dict moves between the two. With window >= H and W the term is exactly global attention.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .binary import BinaryTerm, _round_up, attend_with_sink
+from .binary import BinaryTerm
+from .kernels import sdpa
 
 
 class WindowedBinaryTerm(BinaryTerm):
     """Local multi-head self-attention: `window` x `window` query blocks, each attending to its
     block plus a `halo` (default window // 2) on every side. Same interface as BinaryTerm."""
 
-    def __init__(self, channels: int, heads: int = 8, max_size: int = 64, window: int = 8,
+    def __init__(self, channels: int, heads: int = 8, max_map_size: int = 64, window: int = 8,
                  halo: int | None = None):
-        super().__init__(channels, heads, max_size)
+        super().__init__(channels, heads, max_map_size)
         halo = window // 2 if halo is None else halo
         if window < 1 or halo < 0:
             raise ValueError(f"window must be >= 1 and halo >= 0, not {window} and {halo}")
-        if window + halo > max_size:
+        if window + halo > max_map_size:
             raise ValueError(
                 f"window {window} + halo {halo} reaches offsets beyond the relative position "
-                f"tables (max_size {max_size}); build with max_size >= {window + halo}")
+                f"tables (max_map_size {max_map_size}); build with max_map_size >= "
+                f"{window + halo}")
         self.window = window
         self.halo = halo
 
@@ -127,7 +129,7 @@ class WindowedBinaryTerm(BinaryTerm):
         """
         b, h = self.window, self.halo
         win = b + 2 * h
-        m = self.rel.max_size
+        m = self.rel.max_map_size
         reach = b + h - 1  # largest |offset| inside a neighbourhood
         pos = torch.arange(b, device=q_blocks.device)
         index = torch.arange(win, device=q_blocks.device)[None, :] - pos[:, None] + (b - 1)
@@ -149,51 +151,16 @@ class WindowedBinaryTerm(BinaryTerm):
 
     def _rows(self, qm, km, vm, r0: int, r1: int, mask, diagonal: str, s_map):
         """Attention for block rows [r0, r1): (out (B * heads, blocks, window^2, dv), a_ii
-        (B * heads, blocks, window^2) or None). q', k', v' are built at one common width (a
-        multiple of 8) in one cat each; 1/sqrt(d) is SDPA's `scale` (q' carries the relative
-        logits divided by it)."""
+        (B * heads, blocks, window^2) or None), one SDPA call on the widened q and k (1/sqrt(d)
+        is SDPA's `scale`, so the relative logits are divided by it)."""
         scale = self.qk_dim**-0.5
-        d, dv = qm.shape[-1], vm.shape[-1]
-        win = self.window + 2 * self.halo
-        e = d + 2 * win
         q_blocks = self._query_blocks(qm, r0, r1)
         by_row, by_col = self._relative(q_blocks, 1.0 / scale)
         k_win = self._key_windows(km, r0, r1)
         v_win = self._key_windows(vm, r0, r1)
         onehots = self._onehots(km).expand(*k_win.shape[:-1], -1)
-        lead = k_win.shape[:4]
-        flat = lambda t: t.reshape(-1, lead[2] * lead[3], win * win, t.shape[-1])  # noqa: E731
-        zeros = lambda like, n: like.new_zeros(()).expand(*like.shape[:-1], n)  # noqa: E731
-        if diagonal == "report":
-            q_wide = torch.cat([q_blocks, by_row, by_col], dim=-1)
-            q_wide = q_wide.reshape(-1, *q_wide.shape[2:])
-            k_wide = flat(torch.cat([k_win, onehots], dim=-1))
-            s_ii = self._query_blocks(s_map, r0, r1)
-            out, a_ii = attend_with_sink(q_wide, k_wide, flat(v_win),
-                                         s_ii.reshape(-1, *s_ii.shape[2:]), mask, scale)
-            return out, a_ii
-        width_e = _round_up(max(e, dv), 8)
-        q_op = torch.cat([q_blocks, by_row, by_col, zeros(q_blocks, width_e - e)], dim=-1)
-        k_op = flat(torch.cat([k_win, onehots, zeros(k_win, width_e - e)], dim=-1))
-        v_op = flat(torch.cat([v_win, zeros(v_win, width_e - dv)], dim=-1))
-        out = F.scaled_dot_product_attention(q_op.reshape(-1, *q_op.shape[2:]), k_op, v_op,
-                                             attn_mask=mask, scale=scale)
-        return out[..., :dv], None
-
-    def widen(self, q: torch.Tensor, k: torch.Tensor, height: int, width: int):
-        """Windowed q', k': q' (B * heads, blocks, window^2, d + 2 win) for the query blocks and
-        k' (B * heads, blocks, win^2, d + 2 win) for their neighbourhoods, whose plain dot product
-        is the full logit s_ij of query i and key j of its neighbourhood."""
-        h = self.halo
-        n_h, _ = self._grid(height, width)
-        q_blocks = self._query_blocks(self._map(q, height, width, 0, 0, 0), 0, n_h)
-        by_row, by_col = self._relative(q_blocks)
-        q_wide = torch.cat([q_blocks * self.qk_dim**-0.5, by_row, by_col], dim=-1)
-        k_win = self._key_windows(self._map(k, height, width, h, h, h), 0, n_h)
-        k_wide = torch.cat([k_win, self._onehots(k).expand(*k_win.shape[:-1], -1)], dim=-1)
-        win = self.window + 2 * h
-        k_wide = k_wide.reshape(-1, k_win.shape[2] * k_win.shape[3], win * win, k_wide.shape[-1])
-        return q_wide.reshape(-1, *q_wide.shape[2:]), k_wide
+        s_ii = self._query_blocks(s_map, r0, r1) if diagonal == "report" else None
+        return sdpa.attend([q_blocks, by_row, by_col], [k_win, onehots], v_win, scale, mask, s_ii)
 
     def attend(self, q, k, v, height: int, width: int, diagonal: str = "keep"):
         """As BinaryTerm.attend, with each query's keys restricted to its neighbourhood.
@@ -218,7 +185,7 @@ class WindowedBinaryTerm(BinaryTerm):
             s_map = self._map(self.self_logits(q, k), height, width, 0, 0, 0)
         mask = self._key_mask(height, width, q, diagonal == "mask")
         win = b + 2 * h
-        width_e = _round_up(max(q.shape[-1] + 2 * win, dv) + 1, 8)
+        width_e = sdpa.round_up(max(q.shape[-1] + 2 * win, dv) + 1, 8)
         row_bytes = 2 * heads * n_w * win * win * width_e * q.element_size()  # k' and v'
         if torch.is_grad_enabled():
             if self.recompute and batch * n_h * row_bytes > self.chunk_bytes and n_h > 1:
@@ -250,10 +217,8 @@ class WindowedBinaryTerm(BinaryTerm):
         out = self._crop(out, height, width)
         return out, None if a_ii is None else self._crop(a_ii, height, width).squeeze(-1)
 
-    # chunk size (SDPA operands k' and v'), see attend. On the CPU, 16 MiB keeps each chunk
-    # near the caches. On a GPU every chunk costs a dozen kernel launches and the whole map's
-    # operands fit in memory, so there chunks only bound memory: with 16 MiB chunks the H100
-    # profile (bf16, B=8, L = 4096) took 12.8 ms for inference against 4.1 ms for training.
+    # chunk size (SDPA operands k' and v'), see attend. On the CPU, chunks near the cache size;
+    # on a GPU every chunk costs a dozen kernel launches, so there chunks only bound memory
     chunk_bytes = 16 * 2**20
     device_chunk_bytes = 2**30  # inference on non-CPU devices
 
@@ -266,11 +231,8 @@ class WindowedBinaryTerm(BinaryTerm):
         chunks come from `unbind` (whose backward is one stack), not from slicing (whose
         backward builds a zero gradient of the whole map per chunk).
 
-        Opt-in, with the global term's switch `recompute` (the config's
-        `model.recompute_attention`), and only where the operands exceed `chunk_bytes`.
-        Measured on CPU, projection + attention fwd+bwd at 128x128, B=2, C=256, window 8 (max
-        RSS of separate processes, medians of 5 steps, two runs each): peak above the inputs
-        949 / 1078 MiB against 1476 / 1492 MiB kept, 1393 / 1520 ms against 1477 / 1528 ms.
+        Opt-in, with the global term's switch `recompute`, and only where the operands exceed
+        `chunk_bytes`: it trades one more operand build per chunk for the memory.
         """
         from torch.utils.checkpoint import checkpoint
 

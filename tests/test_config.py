@@ -201,7 +201,7 @@ def test_shipped_experiments_build_every_run(name):
         built.add(key)
         model = lesa.build_backbone(m["backbone"], fusion=m["fusion"], num_classes=10,
                                     heads=m["heads"], output_stride=m["output_stride"],
-                                    max_size=m["max_size"], stem=m["stem"])
+                                    max_map_size=m["max_size"], stem=m["stem"])
         n_attention = sum(isinstance(x, lesa.Fusion) and x.name != "conv"
                           for x in model.modules())
         assert n_attention == (0 if key == "conv" else

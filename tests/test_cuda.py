@@ -82,7 +82,7 @@ def assert_matches(got, want, tol, what):
 @pytest.mark.parametrize("b,h,w", [(1, 4, 4), (2, 5, 7), (2, 12, 3), (1, 16, 16)])
 def test_global_attend_on_the_device_equals_the_reference(diagonal, b, h, w):
     torch.manual_seed(h * 7 + w)
-    term = BinaryTerm(C, HEADS, max_size=max(MAX, h, w))
+    term = BinaryTerm(C, HEADS, max_map_size=max(MAX, h, w))
     dev = on_device(term)
     q, k, v = qkv(b, h * w, seed=h + w)
     assert dev.uses_sdpa(q.to(DEVICE))  # the device path, not the CPU's chunked one
@@ -98,7 +98,7 @@ def test_global_attend_on_the_device_equals_the_reference(diagonal, b, h, w):
 def test_windowed_attend_on_the_device_equals_explicit_masked_attention(diagonal, b, h, w,
                                                                         window, halo):
     torch.manual_seed(window * 10 + halo)
-    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=window, halo=halo)
+    term = WindowedBinaryTerm(C, HEADS, max_map_size=MAX, window=window, halo=halo)
     dev = on_device(term)
     q, k, v = qkv(b, h * w, seed=h * w)
     allowed = neighbourhood(h, w, window, halo)
@@ -114,7 +114,7 @@ def test_windowed_inference_on_the_device_is_one_pass(monkeypatch):
     launches; on the H100 16 MiB chunks made inference 3x slower than training), and gives the
     numbers of the training-mode pass."""
     monkeypatch.setattr(WindowedBinaryTerm, "chunk_bytes", 1)  # the CPU: one block row a chunk
-    term = on_device(WindowedBinaryTerm(64, 4, max_size=32, window=8, halo=4))
+    term = on_device(WindowedBinaryTerm(64, 4, max_map_size=32, window=8, halo=4))
     q, k, v = (t.to(DEVICE) for t in qkv(4, 32 * 32, d=8, dv=16, seed=9))
     want_out, want_a = term.attend(q, k, v, 32, 32, "report")  # q, k, v require grad
     calls = []
@@ -146,7 +146,7 @@ def test_every_strategy_on_the_device_equals_the_cpu(fusion, window, train):
         pytest.skip("no binary term to window")
     torch.manual_seed(3)
     extra = {} if window is None else {"window": window}
-    block = randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, **extra))
+    block = randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_map_size=MAX, **extra))
     block.train(train)
     dev = on_device(block)
     x = torch.randn(2, C, 7, 9)
@@ -193,7 +193,7 @@ def test_backbone_under_bf16_autocast_tracks_fp32(window):
 def test_bf16_block_matches_its_fp32_self(fusion):
     """A block cast to bf16 (the profile's --dtype bfloat16) stays within bf16 rounding."""
     torch.manual_seed(5)
-    block = on_device(randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX))).eval()
+    block = on_device(randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_map_size=MAX))).eval()
     x = torch.randn(2, C, 8, 8).to(DEVICE)
     y32 = block(x)
     y16 = copy.deepcopy(block).to(torch.bfloat16)(x.to(torch.bfloat16))

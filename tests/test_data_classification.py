@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from bench.data import DATASETS, DataError, build_datamodule
-from bench.data.classification import (BatchKey, CIFAR10Data, CIFAR100Data, DigitsData,
-                                       ImageFolderData, SeededBatches, stratified_split)
+from bench.data.base import BatchKey, SeededBatches, stratified_split
+from bench.data.digits import DigitsData
+from bench.data.images import CIFAR10Data, CIFAR100Data, ImageFolderData
 
 
 def first_batch(loader):

@@ -14,7 +14,8 @@ from PIL import Image
 from bench.config import resolve
 from bench.data.convert import add_arguments, convert_visdrone, run
 from bench.data import DATASETS, DataError, build_datamodule
-from bench.data.detection import COCOData, DigitScenesData
+from bench.data.coco import COCOData
+from bench.data.scenes import DigitScenesData
 from bench.tasks.metrics import DetectionMetrics
 
 SMALL = dict(train_images=4, val_images=2, test_images=2)

@@ -2,10 +2,10 @@
 
 Fast paths: the global binary term through SDPA's fused kernel (q/k/v zero-padded to one width,
 relative logits folded into widened q/k, the diagonal mask, the sink key for a_ii) and through
-the chunked explicit path of lesa/chunked.py (kept or recomputed softmax weights), and the
+the chunked explicit path of lesa/kernels/chunked.py (kept or recomputed softmax weights), and the
 windowed binary term of lesa/window.py (query blocks, halo neighbourhoods, masked borders). The
 references here build the L x L logits from the module's own tables, mask by hand, and take a
-plain softmax; they never call widen, attend or SDPA. No timing is asserted anywhere.
+plain softmax; they never call the SDPA operands, attend or SDPA. No timing is asserted anywhere.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 import lesa
 from lesa import FUSIONS, BinaryTerm, LESA2d
-from lesa.binary import attend_with_sink, fused_sdpa
-from lesa.chunked import relative_attention
+from lesa.kernels import sdpa
+from lesa.kernels.chunked import relative_attention
 from lesa.layout import Pointwise, is_channels_last
 from lesa.window import WindowedBinaryTerm
 from test_lesa_math import randomize_bn
@@ -33,7 +33,7 @@ MODES = ["keep", "mask", "report"]
 
 def ref_logits(term: BinaryTerm, q, k, height: int, width: int) -> torch.Tensor:
     """s_ij = q_i.k_j / sqrt(d) + q_i.rel_h[m-1 + y_j - y_i] + q_i.rel_w[m-1 + x_j - x_i]."""
-    m = term.rel.max_size
+    m = term.rel.max_map_size
     ys = torch.arange(height).repeat_interleave(width)
     xs = torch.arange(width).repeat(height)
     dy, dx = ys[None, :] - ys[:, None], xs[None, :] - xs[:, None]
@@ -114,7 +114,7 @@ def autograd_nodes(t: torch.Tensor) -> set[str]:
 
 @pytest.mark.parametrize("widths", [(5, 3), (3, 5), (8, 8), (13, 21)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_fused_sdpa_pads_unequal_widths_exactly(widths, masked):
+def test_sdpa_pads_unequal_widths_exactly(widths, masked):
     eq, ev = widths
     g = torch.Generator().manual_seed(eq * 10 + ev)
     q, k = (torch.randn(2, 3, 7, eq, generator=g).requires_grad_(True) for _ in range(2))
@@ -129,7 +129,7 @@ def test_fused_sdpa_pads_unequal_widths_exactly(widths, masked):
         for t in (q, k, v):
             t.grad = None
         if fast:
-            out = fused_sdpa(q, k, v, mask, scale=0.7)
+            out, _ = sdpa.attend([q], [k], v, 0.7, mask)
         else:
             s = 0.7 * q @ k.transpose(-1, -2) + (0 if mask is None else mask)
             out = s.softmax(-1) @ v
@@ -143,7 +143,7 @@ def test_fused_sdpa_pads_unequal_widths_exactly(widths, masked):
         torch.testing.assert_close(got, want, **TOL)
 
 
-def test_attend_with_sink_gives_attention_and_its_diagonal():
+def test_sink_key_gives_attention_and_its_diagonal():
     g = torch.Generator().manual_seed(3)
     q, k = (torch.randn(1, 2, 6, 4, generator=g).requires_grad_(True) for _ in range(2))
     v = torch.randn(1, 2, 6, 5, generator=g).requires_grad_(True)
@@ -151,7 +151,7 @@ def test_attend_with_sink_gives_attention_and_its_diagonal():
     s = scale * q @ k.transpose(-1, -2)
     a = s.softmax(-1)
     s_ii = s.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
-    out, a_ii = attend_with_sink(q, k, v, s_ii, scale=scale)
+    out, a_ii = sdpa.attend([q], [k], v, scale, s_ii=s_ii)
     torch.testing.assert_close(out, a @ v, **TOL)
     torch.testing.assert_close(a_ii, a.diagonal(dim1=-2, dim2=-1), **TOL)
     w = torch.randn(out.shape, generator=g)
@@ -172,7 +172,7 @@ KERNELS = [("sdpa", False), ("chunked", False), ("chunked", True)]  # (kernel, r
 @pytest.mark.parametrize("b,h,w", [(1, 4, 4), (2, 5, 7), (1, 1, 6), (2, 12, 3)])
 def test_global_attend_forward_and_gradients(diagonal, b, h, w, kernel, recompute):
     torch.manual_seed(h * 7 + w)
-    term = BinaryTerm(C, HEADS, max_size=MAX)
+    term = BinaryTerm(C, HEADS, max_map_size=MAX)
     term.kernel, term.recompute = kernel, recompute
     leaves = qkv(b, h * w, seed=h + w)
     fast = grads_of(lambda: term.attend(*leaves, h, w, diagonal), leaves, term)
@@ -183,7 +183,7 @@ def test_global_attend_forward_and_gradients(diagonal, b, h, w, kernel, recomput
 @pytest.mark.parametrize("kernel,recompute", KERNELS)
 def test_global_report_when_self_attention_dominates(kernel, recompute):
     torch.manual_seed(0)
-    term = BinaryTerm(C, HEADS, max_size=MAX)
+    term = BinaryTerm(C, HEADS, max_map_size=MAX)
     term.kernel, term.recompute = kernel, recompute
     q, k, v = qkv(1, 12, seed=4)
     with torch.no_grad():
@@ -198,7 +198,7 @@ def test_global_report_when_self_attention_dominates(kernel, recompute):
 def test_global_attend_stays_on_the_fused_cpu_kernel(diagonal):
     """Unequal q/k and v widths (or a rank-3 or grad-requiring mask) would silently send SDPA
     to its math path, which builds the L x L weights; the padding keeps the fused kernel."""
-    term = BinaryTerm(C, HEADS, max_size=MAX)
+    term = BinaryTerm(C, HEADS, max_map_size=MAX)
     term.kernel = "sdpa"  # the path off CPU ("auto" takes the chunked path on CPU)
     q, k, v = qkv(2, 20, seed=1)
     out, _ = term.attend(q, k, v, 4, 5, diagonal)
@@ -217,7 +217,7 @@ def test_chunked_attention_in_uneven_chunks(diagonal, recompute, chunk_bytes):
     entries (8 in all: the last chunk has 2): the same numbers as the reference, forward and
     gradients."""
     torch.manual_seed(3)
-    term = BinaryTerm(C, HEADS, max_size=MAX)
+    term = BinaryTerm(C, HEADS, max_map_size=MAX)
     leaves = qkv(2, 35, seed=5)
 
     def fast():
@@ -230,23 +230,23 @@ def test_chunked_attention_in_uneven_chunks(diagonal, recompute, chunk_bytes):
 
 
 def test_chunk_workspace_is_reused_and_right_across_shapes():
-    """Inference chunks are carved from one workspace kept between calls (lesa/chunked.py,
+    """Inference chunks are carved from one workspace kept between calls (lesa/kernels/chunked.py,
     _Buffers): calls at a large, a smaller and again the large shape all equal the reference,
     and all use the memory the first call set up (held here, so it cannot be freed and handed
     out again by chance)."""
-    term = BinaryTerm(C, HEADS, max_size=MAX)
+    term = BinaryTerm(C, HEADS, max_map_size=MAX)
     held = []
     with torch.no_grad():
         for b, h, w in [(3, 5, 7), (1, 3, 2), (3, 5, 7)]:
             q, k, v = qkv(b, h * w, seed=b + h)
             out, _ = term.attend(q, k, v, h, w)
             torch.testing.assert_close(out, ref_attend(term, q, k, v, h, w, "keep")[0], **TOL)
-            held.append(lesa.chunked._Buffers(q, "logits").get(1, 1, 1))
+            held.append(lesa.kernels.chunked._Buffers(q, "logits").get(1, 1, 1))
     assert len({t.untyped_storage().data_ptr() for t in held}) == 1
 
 
 def test_chunked_attention_keeps_probabilities_unless_recompute():
-    term = BinaryTerm(C, HEADS, max_size=MAX)
+    term = BinaryTerm(C, HEADS, max_map_size=MAX)
     q, k, v = qkv(2, 20, seed=1)  # "auto" takes the chunked path on CPU
     out, _ = term.attend(q, k, v, 4, 5)
     assert "_RelativeAttentionBackward" in autograd_nodes(out)
@@ -267,7 +267,7 @@ def test_chunked_attention_keeps_probabilities_unless_recompute():
 def test_recompute_gives_bit_identical_gradients(diagonal):
     """The rebuilt weights are the kept ones bit for bit (same chunks, same kernels), which is
     why `model.recompute_attention` is not part of a run's id."""
-    term = BinaryTerm(C, HEADS, max_size=MAX)
+    term = BinaryTerm(C, HEADS, max_map_size=MAX)
     leaves = qkv(2, 20, seed=3)
     grads = []
     for recompute in (False, True):
@@ -293,7 +293,7 @@ def test_recompute_attention_reaches_every_global_term():
 
 
 def test_unknown_kernel_is_a_clear_error():
-    term = BinaryTerm(C, HEADS, max_size=MAX)
+    term = BinaryTerm(C, HEADS, max_map_size=MAX)
     term.kernel = "flash"
     with pytest.raises(ValueError, match="kernel must be auto, sdpa or chunked"):
         term.attend(*qkv(1, 4), 2, 2)
@@ -315,7 +315,7 @@ WINDOW_CASES = [  # (b, H, W, window, halo)
 @pytest.mark.parametrize("b,h,w,window,halo", WINDOW_CASES)
 def test_windowed_attend_equals_explicit_masked_attention(diagonal, b, h, w, window, halo):
     torch.manual_seed(window * 10 + halo)
-    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=window, halo=halo)
+    term = WindowedBinaryTerm(C, HEADS, max_map_size=MAX, window=window, halo=halo)
     leaves = qkv(b, h * w, seed=h * w)
     allowed = neighbourhood(h, w, window, halo)
     assert not allowed.all() or window >= max(h, w)  # non-vacuous: keys really are cut
@@ -326,7 +326,7 @@ def test_windowed_attend_equals_explicit_masked_attention(diagonal, b, h, w, win
 
 def test_windowed_report_when_self_attention_dominates():
     torch.manual_seed(1)
-    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=3, halo=1)
+    term = WindowedBinaryTerm(C, HEADS, max_map_size=MAX, window=3, halo=1)
     q, k, v = qkv(1, 30, seed=5)
     with torch.no_grad():
         k.copy_(q * 6.0)
@@ -345,7 +345,7 @@ def test_windowed_inference_chunks_equal_the_reference(diagonal, chunk_bytes, mo
     monkeypatch.setattr(WindowedBinaryTerm, "chunk_bytes", chunk_bytes)
     torch.manual_seed(6)
     b, h, w, window, halo = 3, 9, 7, 2, 1
-    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=window, halo=halo)
+    term = WindowedBinaryTerm(C, HEADS, max_map_size=MAX, window=window, halo=halo)
     q, k, v = (t.detach() for t in qkv(b, h * w, seed=7))
     with torch.no_grad():
         out, a_ii = term.attend(q, k, v, h, w, diagonal)
@@ -365,7 +365,7 @@ def test_windowed_checkpointed_chunks_forward_and_gradients(diagonal, b, h, w, w
     gradient must equal the explicit reference."""
     monkeypatch.setattr(WindowedBinaryTerm, "chunk_bytes", 1)  # one block row per chunk
     torch.manual_seed(8)
-    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=window, halo=halo)
+    term = WindowedBinaryTerm(C, HEADS, max_map_size=MAX, window=window, halo=halo)
     term.recompute = True
     leaves = qkv(b, h * w, seed=9)
     out, _ = term.attend(*leaves, h, w, diagonal)
@@ -384,7 +384,7 @@ def test_windowed_recompute_gives_the_same_gradients(diagonal, monkeypatch):
     `model.recompute_attention` changes memory, not results."""
     monkeypatch.setattr(WindowedBinaryTerm, "chunk_bytes", 1)
     torch.manual_seed(8)
-    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=2, halo=1)
+    term = WindowedBinaryTerm(C, HEADS, max_map_size=MAX, window=2, halo=1)
     leaves = qkv(2, 9 * 7, seed=9)
     runs = []
     for recompute in (False, True):
@@ -397,12 +397,26 @@ def test_windowed_recompute_gives_the_same_gradients(diagonal, monkeypatch):
     assert "UnbindBackward0" not in autograd_nodes(term.attend(*leaves, 9, 7, diagonal)[0])
 
 
+def windowed_widen(term: WindowedBinaryTerm, q, k, height: int, width: int):
+    """The windowed term's SDPA q' and k' for all block rows, built as its `_rows` builds them,
+    with SDPA's scale folded into q': q' (B * heads, blocks, window^2, E) . k' (..., win^2, E)
+    is the full logit of a query and a key of its neighbourhood."""
+    scale, halo = term.qk_dim**-0.5, term.halo
+    n_h, _ = term._grid(height, width)
+    q_blocks = term._query_blocks(term._map(q, height, width, 0, 0, 0), 0, n_h)
+    by_row, by_col = term._relative(q_blocks, 1.0 / scale)
+    k_win = term._key_windows(term._map(k, height, width, halo, halo, halo), 0, n_h)
+    onehots = term._onehots(k).expand(*k_win.shape[:-1], -1)
+    q_op, k_op, _ = sdpa.operands([q_blocks, by_row, by_col], [k_win, onehots], k_win, scale)
+    return q_op * scale, k_op
+
+
 def test_windowed_widen_dot_products_are_the_logits():
     torch.manual_seed(2)
     window, halo, h, w = 3, 2, 5, 7
-    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=window, halo=halo)
+    term = WindowedBinaryTerm(C, HEADS, max_map_size=MAX, window=window, halo=halo)
     q, k, _ = qkv(1, h * w, seed=6)
-    q_wide, k_wide = term.widen(q, k, h, w)
+    q_wide, k_wide = windowed_widen(term, q, k, h, w)
     s = q_wide @ k_wide.transpose(-1, -2)  # (heads, blocks, window^2, win^2)
     full = ref_logits(term, q, k, h, w)[0]  # (heads, L, L)
     win = window + 2 * halo
@@ -423,8 +437,8 @@ def test_windowed_widen_dot_products_are_the_logits():
 
 def test_windowed_term_with_a_covering_window_is_the_global_term():
     torch.manual_seed(3)
-    glob = BinaryTerm(C, HEADS, max_size=MAX).eval()
-    local = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=8, halo=4).eval()
+    glob = BinaryTerm(C, HEADS, max_map_size=MAX).eval()
+    local = WindowedBinaryTerm(C, HEADS, max_map_size=MAX, window=8, halo=4).eval()
     local.load_state_dict(glob.state_dict())  # same parameters, same names
     x = torch.randn(2, C, 6, 7, requires_grad=True)
     torch.testing.assert_close(local(x), glob(x), **TOL)
@@ -433,16 +447,16 @@ def test_windowed_term_with_a_covering_window_is_the_global_term():
     torch.testing.assert_close(gx_local, gx_glob, **TOL)
 
 
-def test_windowed_term_handles_maps_larger_than_max_size():
-    term = WindowedBinaryTerm(16, 2, max_size=6, window=4, halo=2)
+def test_windowed_term_handles_maps_larger_than_max_map_size():
+    term = WindowedBinaryTerm(16, 2, max_map_size=6, window=4, halo=2)
     y = term(torch.randn(1, 16, 20, 13))
     assert y.shape == (1, 16, 20, 13) and torch.isfinite(y).all()
-    with pytest.raises(ValueError, match="max_size"):
-        WindowedBinaryTerm(16, 2, max_size=5, window=4, halo=2)
+    with pytest.raises(ValueError, match="max_map_size"):
+        WindowedBinaryTerm(16, 2, max_map_size=5, window=4, halo=2)
 
 
 def test_windowed_mask_on_a_single_position_is_an_empty_sum():
-    term = WindowedBinaryTerm(16, 2, max_size=8, window=4)
+    term = WindowedBinaryTerm(16, 2, max_map_size=8, window=4)
     q, k, v = (torch.randn(1, 2, 1, n, requires_grad=True) for n in (4, 4, 8))
     out, _ = term.attend(q, k, v, 1, 1, "mask")
     assert torch.equal(out, torch.zeros_like(out))
@@ -452,7 +466,7 @@ def test_windowed_mask_on_a_single_position_is_an_empty_sum():
 
 @pytest.mark.parametrize("diagonal", MODES)
 def test_windowed_attend_stays_on_the_fused_cpu_kernel(diagonal):
-    term = WindowedBinaryTerm(C, HEADS, max_size=MAX, window=3, halo=1)
+    term = WindowedBinaryTerm(C, HEADS, max_map_size=MAX, window=3, halo=1)
     q, k, v = qkv(1, 35, seed=2)
     out, _ = term.attend(q, k, v, 5, 7, diagonal)
     nodes = autograd_nodes(out)
@@ -469,8 +483,8 @@ def _randomize_bn(module, seed=0):
 @pytest.mark.parametrize("fusion", ATTENTION)
 def test_every_strategy_with_a_covering_window_equals_its_global_self(fusion):
     torch.manual_seed(4)
-    glob = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX))
-    local = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, window=8))
+    glob = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_map_size=MAX))
+    local = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_map_size=MAX, window=8))
     local.load_state_dict(glob.state_dict())
     assert isinstance(local.fusion.binary, WindowedBinaryTerm)
     x = torch.randn(1, C, 5, 6, requires_grad=True)
@@ -492,7 +506,7 @@ def test_strategy_with_a_small_window_uses_the_neighbourhood(fusion):
     """sa / binary / softmax on a 3x3 window with halo 1: the head outputs are the explicit
     neighbourhood attention (the softmax strategy also reports the neighbourhood a_ii)."""
     torch.manual_seed(5)
-    module = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, window=3))
+    module = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_map_size=MAX, window=3))
     term = module.fusion.binary
     assert (term.window, term.halo) == (3, 1)
     h, w = 7, 5
@@ -549,8 +563,8 @@ def test_every_strategy_in_channels_last_equals_nchw(fusion, window):
         pytest.skip("no binary term to window")
     torch.manual_seed(6)
     extra = {} if window is None else {"window": window}
-    nchw = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, **extra))
-    cl = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, **extra))
+    nchw = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_map_size=MAX, **extra))
+    cl = _randomize_bn(LESA2d(C, heads=HEADS, fusion=fusion, max_map_size=MAX, **extra))
     cl.load_state_dict(nchw.state_dict())
     cl.to(memory_format=CL)
     x = torch.randn(2, C, 5, 6)
@@ -598,8 +612,8 @@ def test_a_training_step_runs_channels_last_inside_and_equals_nchw(fusion, windo
         pytest.skip("no binary term to window")
     torch.manual_seed(8)
     extra = {} if window is None else {"window": window}
-    inside = LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, **extra)
-    plain = LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, **extra)
+    inside = LESA2d(C, heads=HEADS, fusion=fusion, max_map_size=MAX, **extra)
+    plain = LESA2d(C, heads=HEADS, fusion=fusion, max_map_size=MAX, **extra)
     plain.load_state_dict(inside.state_dict())
     plain.fusion.channels_last_on_cpu = False
     seen = []  # (what, name, tensor) for every batch norm's input and output gradient
@@ -644,7 +658,7 @@ def test_a_block_with_a_1x1_map_takes_an_in_place_op_on_its_output(fusion, shape
     """A 1x1 map is NCHW and channels last at once: nothing is converted there, in or out (a
     custom Function returning its own input makes an in-place op on the result, such as the
     bottleneck's ReLU after the block, fail)."""
-    block = LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX, stride=stride)
+    block = LESA2d(C, heads=HEADS, fusion=fusion, max_map_size=MAX, stride=stride)
     x = torch.randn(*shape, requires_grad=True)
     y = block(x * 1.0)
     y.relu_()
@@ -657,7 +671,7 @@ def test_projection_gradients_come_back_in_the_bn_layout(layout):
     """q, k and v are split on the axis that is outermost in memory, so the gradient reaching
     the qkv BN is laid out as its input (a mismatch sends the BN backward to a 4x slower
     kernel on CPU)."""
-    term = BinaryTerm(C, HEADS, max_size=MAX).to(memory_format=layout)
+    term = BinaryTerm(C, HEADS, max_map_size=MAX).to(memory_format=layout)
     x = torch.randn(2, C, 5, 6).contiguous(memory_format=layout)
     seen = {}
     term.qkv_bn.register_full_backward_hook(lambda m, g_in, g_out: seen.update(g=g_out[0]))

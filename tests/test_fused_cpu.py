@@ -1,4 +1,4 @@
-"""The fused CPU inference kernel (lesa/fused_cpu.py) against explicit reference math (1e-5),
+"""The fused CPU inference kernel (lesa/kernels/fused_cpu.py) against explicit reference math (1e-5),
 where it is used, where it is not, and what happens when it cannot be built."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from bench.report.flops import count_flops
-from lesa import BinaryTerm, LESA2d, fused_cpu
+from lesa import BinaryTerm, LESA2d
+from lesa.kernels import fused_cpu
 from test_fastpaths import C, HEADS, MAX, MODES, TOL, qkv, ref_attend
 
 HERE_IT_SHOULD_RUN = (torch.backends.cpu.get_cpu_capability() in fused_cpu.ISA_FLAGS
@@ -33,7 +34,7 @@ def test_kernel_is_built_where_it_can_be():
 
 def term_and_inputs(b, h, w, seed, d=None, dv=None):
     torch.manual_seed(seed)
-    term = BinaryTerm(C, HEADS, max_size=MAX)
+    term = BinaryTerm(C, HEADS, max_map_size=MAX)
     q, k, v = (t.detach() for t in qkv(b, h * w, seed=seed, **({"d": d} if d else {}),
                                        **({"dv": dv} if dv else {})))
     return term, q, k, v
@@ -96,7 +97,7 @@ def test_whole_block_in_eval_matches_the_torch_op_path(fusion, h, w, channels_la
     """Through LESA2d: q, k, v are strided views of the projection (either memory format),
     L = 64 needs no key padding, L = 63 does."""
     torch.manual_seed(0)
-    block = LESA2d(C, heads=HEADS, fusion=fusion, max_size=MAX).eval()
+    block = LESA2d(C, heads=HEADS, fusion=fusion, max_map_size=MAX).eval()
     x = torch.randn(2, C, h, w)
     if channels_last:
         block, x = block.to(memory_format=torch.channels_last), \

@@ -48,11 +48,11 @@ def test_wrn50_conv_matches_torchvision_wide_resnet50_2():
     assert n_params(on_meta("wrn50", fusion="conv", num_classes=1000)) == n_params(reference)
 
 
-def lesa_module_params(c: int, heads: int = 8, max_size: int = 64) -> int:
+def lesa_module_params(c: int, heads: int = 8, max_map_size: int = 64) -> int:
     """Parameters of one dynamic LESA module on c channels, counted from the design."""
     d = c // (2 * heads)
     qkv = 2 * c * c + 2 * (2 * c)            # 1x1 C -> 2C, BN(2C)
-    tables = 2 * (2 * max_size - 1) * d      # rel_h, rel_w
+    tables = 2 * (2 * max_map_size - 1) * d      # rel_h, rel_w
     out_bn = 2 * c
     unary = c * (c // heads) * 9 + c * c + 2 * c  # grouped 3x3, 1x1, BN
     gate = 2 * c * c + 2 * c + c * c + 2 * c       # 2C -> C, BN, C -> C, BN
@@ -315,6 +315,6 @@ def test_sa_without_recording_skips_the_diagonal_report(monkeypatch):
 
 
 def test_single_lesa2d_share_name():
-    module = LESA2d(16, heads=2, fusion="sum", max_size=8)
+    module = LESA2d(16, heads=2, fusion="sum", max_map_size=8)
     module(torch.randn(1, 16, 4, 4))
     assert shares(module)["per_module"] == {"fusion": {"unary": 50.0, "binary": 50.0}}

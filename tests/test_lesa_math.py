@@ -4,10 +4,11 @@ The reference builds the L x L logits directly from the module's own weights,
 
     s_ij = q_i . k_j / sqrt(d) + q_i . rel_h[m - 1 + y_j - y_i] + q_i . rel_w[m - 1 + x_j - x_i]
 
-(m = max_size; table row m - 1 + o holds offset o), takes a plain softmax and a weighted sum,
-and never goes through BinaryTerm.widen / attend or SDPA. The q/k/v projection and the head
-merge are re-done here with F.conv2d / F.batch_norm too, so the channel layout documented in
-binary.py (q | k | v along channels, channel = head * dim + d inside each) is checked as well.
+(m = max_map_size; table row m - 1 + o holds offset o), takes a plain softmax and a weighted
+sum, and never goes through BinaryTerm.attend, the SDPA operands or SDPA. The q/k/v projection
+and the head merge are re-done here with F.conv2d / F.batch_norm too, so the channel layout
+documented in binary.py (q | k | v along channels, channel = head * dim + d inside each) is
+checked as well.
 
 All comparisons are in eval mode (BatchNorm uses running statistics, randomised so that it is
 not the identity) and in float32 to 1e-5, unless a test says otherwise. Sizes are tiny on
@@ -24,6 +25,7 @@ from torch import nn
 
 import lesa
 from lesa import FUSIONS, BinaryTerm, LESA2d, RelativePosition2d
+from lesa.fusion import build as build_fusion
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 C, HEADS, MAX = 32, 4, 8  # q/k dim 4, v dim 8 per head
@@ -48,7 +50,7 @@ def randomize_bn(module: nn.Module, seed: int = 0) -> nn.Module:
 
 def make(fusion: str, seed: int = 0, channels: int = C, heads: int = HEADS, **kw) -> LESA2d:
     torch.manual_seed(seed)
-    return randomize_bn(LESA2d(channels, heads=heads, fusion=fusion, max_size=MAX, **kw),
+    return randomize_bn(LESA2d(channels, heads=heads, fusion=fusion, max_map_size=MAX, **kw),
                         seed).eval()
 
 
@@ -84,7 +86,7 @@ def offsets(height: int, width: int):
 def ref_logits(rel: RelativePosition2d, q, k, height: int, width: int):
     """Explicit s_ij (B, heads, L, L) by indexing the relative tables."""
     d = q.shape[-1]
-    m = rel.max_size
+    m = rel.max_map_size
     dy, dx = offsets(height, width)
     r_h = rel.rel_h[m - 1 + dy]  # (L, L, d): r_h[i, j] = rel_h[row of offset y_j - y_i]
     r_w = rel.rel_w[m - 1 + dx]
@@ -122,7 +124,7 @@ SIZES = [(1, 4, 4), (1, 5, 7), (2, 7, 5), (2, 1, 6)]
 def test_reference_logits_match_a_plain_loop():
     """Guard the reference: the indexed-table logits equal a double loop over (i, j)."""
     torch.manual_seed(0)
-    rel = RelativePosition2d(3, max_size=5)
+    rel = RelativePosition2d(3, max_map_size=5)
     height, width = 3, 4
     q, k = torch.randn(1, 1, 12, 3), torch.randn(1, 1, 12, 3)
     s = ref_logits(rel, q, k, height, width)
@@ -317,7 +319,7 @@ def test_binary_on_a_single_position_has_an_empty_context():
 @pytest.mark.parametrize("stride", [1, 2])
 def test_gradients_reach_every_parameter(fusion, stride):
     torch.manual_seed(0)
-    module = LESA2d(C, heads=HEADS, fusion=fusion, stride=stride, max_size=MAX).train()
+    module = LESA2d(C, heads=HEADS, fusion=fusion, stride=stride, max_map_size=MAX).train()
     x = torch.randn(2, C, 4, 6, requires_grad=True)
     y = module(x)
     # a random readout: a plain sum would give zero gradients behind a train-mode BatchNorm
@@ -338,7 +340,7 @@ def test_gradients_reach_every_parameter(fusion, stride):
 def test_attend_gradcheck_float64(diagonal, heads):
     torch.manual_seed(1)
     channels, height, width = 4 * heads, 3, 4
-    binary = BinaryTerm(channels, heads, max_size=4).double()
+    binary = BinaryTerm(channels, heads, max_map_size=4).double()
     d, dv, length = binary.qk_dim, binary.v_dim, height * width
     q = torch.randn(1, heads, length, d, dtype=torch.float64, requires_grad=True)
     k = torch.randn(1, heads, length, d, dtype=torch.float64, requires_grad=True)
@@ -386,7 +388,7 @@ def relative_logits(rel: RelativePosition2d, q: torch.Tensor, height: int, width
 def test_relative_logits_depend_only_on_the_offset():
     torch.manual_seed(2)
     d, height, width = 4, 5, 6
-    rel = RelativePosition2d(d, max_size=MAX)
+    rel = RelativePosition2d(d, max_map_size=MAX)
     length = height * width
     shared = torch.randn(d)
     checked = 0
@@ -415,7 +417,7 @@ def test_relative_logits_depend_only_on_the_offset():
 def test_relative_logits_index_the_tables_by_offset():
     torch.manual_seed(3)
     d, height, width = 3, 4, 7
-    rel = RelativePosition2d(d, max_size=MAX)
+    rel = RelativePosition2d(d, max_map_size=MAX)
     q = torch.randn(1, 1, height * width, d)
     dy, dx = offsets(height, width)
     want = (q[0, 0] @ rel.rel_h.t()).gather(1, MAX - 1 + dy) \
@@ -429,7 +431,7 @@ def test_relative_logits_index_the_tables_by_offset():
 def test_relative_logits_do_not_depend_on_the_map_size():
     """The same offset gives the same logit on a 3x4 and on a 6x8 map (central table slice)."""
     torch.manual_seed(4)
-    rel = RelativePosition2d(4, max_size=MAX)
+    rel = RelativePosition2d(4, max_map_size=MAX)
     qv = torch.randn(4)
     small = relative_logits(rel, qv.expand(1, 1, 12, 4), 3, 4)
     large = relative_logits(rel, qv.expand(1, 1, 48, 4), 6, 8)
@@ -444,7 +446,7 @@ def test_relative_logits_do_not_depend_on_the_map_size():
 @pytest.mark.parametrize("stride", [1, 2])
 def test_shapes_any_size_batch_one(fusion, stride):
     torch.manual_seed(0)
-    module = LESA2d(16, heads=2, fusion=fusion, stride=stride, max_size=MAX).train()
+    module = LESA2d(16, heads=2, fusion=fusion, stride=stride, max_map_size=MAX).train()
     for h, w in [(4, 8), (6, 2), (8, 8)]:  # sizes are not fixed at construction
         y = module(torch.randn(1, 16, h, w))
         assert y.shape == (1, 16, h // stride, w // stride), (fusion, stride, h, w)
@@ -459,7 +461,7 @@ def test_stride_two_on_odd_maps_matches_conv_and_downsample(fusion):
     that gives anything else cannot be added to the shortcut in a ResNet bottleneck."""
     torch.manual_seed(0)
     conv = LESA2d(16, heads=2, fusion="conv", stride=2)
-    module = LESA2d(16, heads=2, fusion=fusion, stride=2, max_size=MAX).eval()
+    module = LESA2d(16, heads=2, fusion=fusion, stride=2, max_map_size=MAX).eval()
     shortcut = nn.Conv2d(16, 16, 1, stride=2)
     x = torch.randn(1, 16, 5, 7)
     assert conv(x).shape == shortcut(x).shape == (1, 16, 3, 4)
@@ -467,12 +469,12 @@ def test_stride_two_on_odd_maps_matches_conv_and_downsample(fusion):
 
 
 @pytest.mark.parametrize("fusion", ATTENTION)
-def test_map_larger_than_max_size_raises(fusion):
-    module = LESA2d(16, heads=2, fusion=fusion, max_size=4)
+def test_map_larger_than_max_map_size_raises(fusion):
+    module = LESA2d(16, heads=2, fusion=fusion, max_map_size=4)
     module(torch.randn(1, 16, 4, 4))  # the limit itself is fine
-    with pytest.raises(ValueError, match=r"5x3.*max_size"):
+    with pytest.raises(ValueError, match=r"5x3.*max_map_size"):
         module(torch.randn(1, 16, 5, 3))
-    with pytest.raises(ValueError, match="max_size"):
+    with pytest.raises(ValueError, match="max_map_size"):
         module(torch.randn(1, 16, 2, 6))
 
 
@@ -491,8 +493,11 @@ def test_channels_must_split_into_heads():
 
 
 def test_registry_contract():
+    """Every registered strategy builds from the factory, which passes each constructor the
+    options it takes."""
     assert set(FUSIONS) >= {"conv", "sa", "binary", "unary", "softmax", "sum", "dynamic"}
     for name, cls in FUSIONS.items():
         assert cls.name == name and issubclass(cls, lesa.Fusion)
-        module = cls(16, heads=2, stride=1, dilation=1, max_size=4)
+        module = build_fusion(name, 16, heads=2, stride=1, dilation=1, max_map_size=4,
+                              window=None)
         assert isinstance(module, nn.Module)

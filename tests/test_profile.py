@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from bench import profile
+from bench.profile import measure
 
 ROW_KEYS = {"name", "kind", "note", "infer", "train", "ratio_to_botnet", "pct_of_ceiling"}
 MODE_KEYS = {"time_s", "time_min_s", "cpu_s", "sys_s", "repeats", "peak_mem_bytes", "flops",
@@ -127,17 +128,17 @@ def test_fast_calls_get_more_timings_per_round(monkeypatch):
         def measure(self, fn):
             return None
 
-    monkeypatch.setattr(profile, "FAST_CALL_S", 0.02)
-    fast = profile.Row("fast", "strategy", lambda: None, None)
-    slow = profile.Row("slow", "strategy", lambda: time.sleep(0.03), None)
-    profile._run_rows(torch, [fast, slow], repeats=2, warmup=1, sync=lambda: None,
-                      memory=NoMemory(), progress=lambda text: None)
-    assert len(fast.times["infer"]) == 2 * profile.INNER
+    monkeypatch.setattr(measure, "FAST_CALL_S", 0.02)
+    fast = measure.Row("fast", "strategy", lambda: None, None)
+    slow = measure.Row("slow", "strategy", lambda: time.sleep(0.03), None)
+    measure.run_rows(torch, [fast, slow], repeats=2, warmup=1, sync=lambda: None,
+                     memory=NoMemory(), progress=lambda text: None)
+    assert len(fast.times["infer"]) == 2 * measure.INNER
     assert len(slow.times["infer"]) == 2
-    assert fast.result["infer"]["repeats"] == 2 * profile.INNER
-    cold = profile.Row("cold", "strategy", lambda: None, None)  # no warm-up: no estimate
-    profile._run_rows(torch, [cold], repeats=2, warmup=0, sync=lambda: None, memory=NoMemory(),
-                      progress=lambda text: None)
+    assert fast.result["infer"]["repeats"] == 2 * measure.INNER
+    cold = measure.Row("cold", "strategy", lambda: None, None)  # no warm-up: no estimate
+    measure.run_rows(torch, [cold], repeats=2, warmup=0, sync=lambda: None, memory=NoMemory(),
+                     progress=lambda text: None)
     assert len(cold.times["infer"]) == 2
 
 
@@ -150,12 +151,12 @@ def test_rounds_rotate_the_row_order(monkeypatch):
         def measure(self, fn):
             return None
 
-    monkeypatch.setattr(profile, "FAST_CALL_S", 0.0)  # one call per round per row
+    monkeypatch.setattr(measure, "FAST_CALL_S", 0.0)  # one call per round per row
     order = []
-    rows = [profile.Row(name, "strategy", lambda name=name: order.append(name), None)
+    rows = [measure.Row(name, "strategy", lambda name=name: order.append(name), None)
             for name in "abc"]
-    profile._run_rows(torch, rows, repeats=3, warmup=0, sync=lambda: None, memory=NoMemory(),
-                      progress=lambda text: None)
+    measure.run_rows(torch, rows, repeats=3, warmup=0, sync=lambda: None, memory=NoMemory(),
+                     progress=lambda text: None)
     rounds = [order[i:i + 3] for i in range(0, 9, 3)]
     assert rounds == [list("abc"), list("bca"), list("cab")]
     assert all(len(row.times["infer"]) == 3 for row in rows)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.store import run_dirs
+from bench.store import RunDir, RunState, run_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def test_runs_record_their_environment_and_the_report_names_it(tiny_experiment, 
 
 _SIGNALS_SCRIPT = r"""
 import os, signal, sys
-from bench.run.runner import Terminated, install_stop_signals, saving_after_stop
+from bench.run.signals import Terminated, install_stop_signals, saving_after_stop
 
 def send(name):
     if name == "saving":  # what SaveOnInterrupt calls before it saves
@@ -206,13 +206,12 @@ def test_a_saving_process_ignores_the_stop_its_parent_passes_on(sigint, sent, se
 
 _HELD_SCRIPT = r"""
 import os, signal
-from bench.run.checkpoints import _stops_held
-from bench.run.runner import Terminated, install_stop_signals
+from bench.run.signals import Terminated, install_stop_signals, stops_held
 
 install_stop_signals()
 steps = []
 try:
-    with _stops_held():  # what every checkpoint write runs in
+    with stops_held():  # what every checkpoint write runs in
         os.kill(os.getpid(), signal.SIGTERM)
         signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a bytecode boundary: the handler has run
         steps.append("write finished")
@@ -230,3 +229,17 @@ def test_a_stop_during_a_checkpoint_write_waits_for_the_write():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "write finished, Terminated after the write"
+
+
+def test_run_states_are_stored_and_printed_as_their_values(tmp_path):
+    """status.json holds the same strings as before the enum, and output shows "done", never
+    "RunState.DONE"; a state read back from JSON (a plain str) equals and finds its member."""
+    assert str(RunState.DONE) == f"{RunState.DONE}" == "%s" % RunState.DONE == "done"
+    assert f"{RunState.FAILED:<8}|" == "failed  |"
+    assert {"pruned": 1}[RunState.PRUNED] == 1 and "interrupted" == RunState.INTERRUPTED
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    assert run.status()["state"] == "pending"
+    run.update_status(state=RunState.INTERRUPTED)
+    assert json.loads((run.path / "status.json").read_text())["state"] == "interrupted"
+    assert run.status()["state"] == RunState.INTERRUPTED

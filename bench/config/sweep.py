@@ -3,7 +3,7 @@
 validate_sweep checks the section against the experiment's runs and returns it normalised (the
 config loader calls it); _param_spec turns one search-space entry into a normalised spec,
 grid_values and grid_size give what the grid sampler visits, and with_params applies a trial's
-sampled parameters to a run config. The studies and trials themselves are in bench/sweep.py; the
+sampled parameters to a run config. The studies and trials themselves are in bench/sweep/; the
 user's guide is docs/sweeps.md.
 
 No torch or optuna here: loading an experiment file only needs the schema.
@@ -14,7 +14,7 @@ import copy
 import json
 import math
 
-from bench.config import ConfigError, Run, check_keys, resolve, set_dotted
+from bench.config.schema import ConfigError, check_keys, get_dotted, resolve, set_dotted
 from bench.data import DATASETS
 from bench.tasks import TASKS
 from lesa.names import did_you_mean
@@ -176,8 +176,9 @@ def _probe_values(spec: dict) -> list:
     return spec["choices"] if spec["type"] == "categorical" else [spec["low"], spec["high"]]
 
 
-def validate_sweep(sweep, runs: list[Run]) -> dict:
-    """Check an experiment's `sweep:` section against its runs; returns it normalised.
+def validate_sweep(sweep, runs: list) -> dict:
+    """Check an experiment's `sweep:` section against its runs (bench.config.Run); returns it
+    normalised.
 
     Raises ConfigError naming the key path, the value and what is allowed. Every value the space
     can produce at its bounds (every choice) is resolved against every cell's config, so a
@@ -220,7 +221,7 @@ def validate_sweep(sweep, runs: list[Run]) -> dict:
                         f"not a config key{did_you_mean(key, leaves)}")
                 where = f" (of the {dataset} runs)" if len(examples) > 1 else ""
                 raise ConfigError(f"sweep.params.{key}: {what}{where}")
-            base_value = _get(example, key)
+            base_value = get_dotted(example, key)
         space[key] = _param_spec(key, spec, base_value)
     metric, direction = sweep.get("metric"), sweep.get("direction")
     monitors = {(TASKS[DATASETS[r.config["data"]["name"]].task].monitor,
@@ -278,13 +279,7 @@ def validate_sweep(sweep, runs: list[Run]) -> dict:
     return normalised
 
 
-def _get(cfg: dict, dotted: str):
-    for key in dotted.split("."):
-        cfg = cfg[key]
-    return cfg
-
-
-def _probe(space: dict, runs: list[Run]) -> None:
+def _probe(space: dict, runs: list) -> None:
     """Resolve every bound/choice against each distinct cell config: errors now, not at trial 40."""
     seen = set()
     for run in runs:

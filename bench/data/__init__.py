@@ -3,9 +3,11 @@
 This file is import-light on purpose (no torch): the config validator and `--dry-run` read the
 dataset names, their task and their options from DATASETS without building anything.
 
-Contract for every datamodule class named here:
+A file per dataset family: digits.py, images.py (CIFAR, ImageFolder), scenes.py
+(digit_scenes), coco.py; all derive from base.SeededDataModule. Contract for every datamodule
+class named here:
 
-    class SomeData(L.LightningDataModule):
+    class SomeData(SeededDataModule):
         def __init__(self, *, seed, root, download, batch_size, num_workers, **options): ...
             # options: exactly the keys of its DatasetSpec.options
         num_classes: int; in_channels: int    (known after __init__)
@@ -35,22 +37,22 @@ COMMON_OPTIONS = {"name": "digits", "root": None, "download": False, "batch_size
                   "num_workers": 0}
 
 DATASETS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec("classification", "classification:DigitsData", {
+    "digits": DatasetSpec("classification", "digits:DigitsData", {
         "image_size": 32, "val_fraction": 0.15, "test_fraction": 0.2, "augment": True}),
-    "cifar10": DatasetSpec("classification", "classification:CIFAR10Data", {
+    "cifar10": DatasetSpec("classification", "images:CIFAR10Data", {
         "image_size": 32, "val_fraction": 0.1, "augment": True}),
-    "cifar100": DatasetSpec("classification", "classification:CIFAR100Data", {
+    "cifar100": DatasetSpec("classification", "images:CIFAR100Data", {
         "image_size": 32, "val_fraction": 0.1, "augment": True}),
-    "imagefolder": DatasetSpec("classification", "classification:ImageFolderData", {
+    "imagefolder": DatasetSpec("classification", "images:ImageFolderData", {
         "image_size": 224, "augment": True}),
     # detection; objects / object_size (px) / distractors are [low, high] per canvas;
     # fresh_train: new training canvases every epoch (train_images per epoch)
-    "digit_scenes": DatasetSpec("detection", "detection:DigitScenesData", {
+    "digit_scenes": DatasetSpec("detection", "scenes:DigitScenesData", {
         "image_size": 128, "train_images": 800, "val_images": 32, "test_images": 128,
         "objects": [3, 10], "object_size": [6, 32], "distractors": [2, 6],
         "fresh_train": True}),
     # paths relative to data.root unless absolute; test: null/unset -> val is the test split
-    "coco": DatasetSpec("detection", "detection:COCOData", {
+    "coco": DatasetSpec("detection", "coco:COCOData", {
         "train": {"images": "train", "annotations": "annotations/train.json"},
         "val": {"images": "val", "annotations": "annotations/val.json"},
         "test": {"images": None, "annotations": None}}),

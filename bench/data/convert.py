@@ -67,7 +67,7 @@ def run(args) -> int:
     if args.dataset == "digit-scenes":
         import yaml
 
-        from bench.data.detection import DigitScenesData
+        from bench.data.scenes import DigitScenesData
 
         options = {}
         for text in args.set:

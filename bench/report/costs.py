@@ -15,7 +15,7 @@ def model_costs(backbone: str, size: int, classes: int, output_stride: int = 32)
     x = torch.zeros(1, 3, size, size)
     for fusion in lesa.FUSIONS:
         model = lesa.build_backbone(backbone, fusion=fusion, num_classes=classes,
-                                    output_stride=output_stride, max_size=max(64, size // 8))
+                                    output_stride=output_stride, max_map_size=max(64, size // 8))
         lesa.record_shares(model, False)
         flops = forward_flops(model, x)
         with torch.no_grad():

@@ -1,13 +1,11 @@
 """FLOPs of one call, by torch.utils.flop_counter, with CPU attention counted on every torch.
 
-FlopCounterMode counts SDPA's CUDA kernels, but before torch 2.15 it had no formula for its
-fused CPU kernel (`_scaled_dot_product_flash_attention_for_cpu` and its backward; pytorch
-issue #195460, fixed by PR #195801): with torch 2.14.1 a windowed LESA term, the fused core
-path and the profile's SDPA ceiling counted 0 FLOPs for their attention. The missing formulas
-are passed in as `custom_mapping` (torch's own SDPA formulas, zero padding counted as
-executed) only where the installed torch lacks them, so a newer torch's own formulas win.
-LESA's own fused CPU kernel (lesa/fused_cpu.py, a torch custom op) is counted as the two
-products it computes, q k^T and p v, at the real widths.
+FlopCounterMode counts SDPA's CUDA kernels, but torch before 2.15 has no formula for its fused
+CPU kernel (`_scaled_dot_product_flash_attention_for_cpu` and its backward), so CPU attention
+would count 0 FLOPs. The missing formulas (torch's own SDPA formulas, zero padding counted as
+executed) are passed in as `custom_mapping` only where the installed torch lacks them, so a
+newer torch's own formulas win. LESA's fused CPU kernel (lesa/kernels/fused_cpu.py, a torch
+custom op) is counted as the two products it computes, q k^T and p v, at the real widths.
 """
 from __future__ import annotations
 
@@ -35,7 +33,7 @@ def _formulas() -> dict:
     import torch
     from torch.utils.flop_counter import flop_registry
 
-    import lesa.fused_cpu  # noqa: F401  (registers torch.ops.lesa.relative_attention_cpu)
+    import lesa.kernels.fused_cpu  # noqa: F401  (registers torch.ops.lesa.relative_attention_cpu)
 
     aten = torch.ops.aten
     formulas = {torch.ops.lesa.relative_attention_cpu: _lesa_fused}

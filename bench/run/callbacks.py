@@ -9,6 +9,7 @@ import torch
 
 import lesa
 from bench.report import flops
+from bench.run.signals import save_on_stop
 
 
 def forward_flops(module: torch.nn.Module, example: torch.Tensor) -> int:
@@ -150,7 +151,7 @@ class DivergenceGuard(L.Callback):
 
 
 class SaveOnInterrupt(L.Callback):
-    """Save last.ckpt on Ctrl-C or SIGTERM, so a re-run resumes from there.
+    """Save last.ckpt on a stop (Ctrl-C or SIGTERM), so a re-run resumes from there.
 
     Only on interrupts: after a crash the last good epoch checkpoint is worth more. (Lightning's
     OnExceptionCheckpoint saves on any exception and deletes its file at teardown.)
@@ -160,11 +161,7 @@ class SaveOnInterrupt(L.Callback):
         self.path = path
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, KeyboardInterrupt):
-            from bench.run.runner import saving_after_stop
-
-            saving_after_stop()  # the --jobs parent's copy of a Ctrl-C must not cut this short
-            trainer.save_checkpoint(self.path)
+        save_on_stop(trainer, self.path, exception)
 
 
 class LogLines(L.Callback):

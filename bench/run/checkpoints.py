@@ -17,22 +17,20 @@ ends with the same weights and metrics as a run never interrupted:
   order depends only on (seed, epoch), so skipping is enough. Under DDP the same sampler shards
   the batches between ranks (Lightning's DistributedSampler wrapper would list the whole epoch
   first and could not skip).
-- `RunState` stores the torch/numpy/python RNG states and the run's identity in the checkpoint;
-  the RNG states are put back when training restarts, the identity guards against resuming a
-  run from another config's checkpoint.
+- `RunIdentityAndRng` stores the torch/numpy/python RNG states and the run's identity in the
+  checkpoint; the RNG states are put back when training restarts, the identity guards against
+  resuming a run from another config's checkpoint (bench/run/resume.py reads it back).
 
 Lightning does not save RNG states, and does not skip already-seen batches of a plain sampler
 (it warns and starts the epoch's data over), hence the hand-written parts.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import random
 import shutil
 import signal
-import threading
 from pathlib import Path
 
 import lightning as L
@@ -40,6 +38,8 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Sampler
+
+from bench.run.signals import stops_held
 
 KILL_ENV = "LESA_BENCH_TEST_KILL_AT"  # tests only: "save:N", "step:N" or "val:N" -> SIGKILL self
 
@@ -59,7 +59,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     saved_steps: dict[str, int] = {}  # path -> global_step of this process's last save there
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        with _stops_held():
+        with stops_held():
             self._save(checkpoint, Path(path))
 
     def _save(self, checkpoint, path: Path) -> None:
@@ -81,31 +81,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
         _fsync_dir(path.parent)
         AtomicCheckpointIO.saved_steps[str(path)] = checkpoint.get("global_step", -1)
-
-
-@contextlib.contextmanager
-def _stops_held():
-    """Hold a Ctrl-C or SIGTERM that arrives during a checkpoint write until the write is done,
-    then act on it. Raised inside torch.save, the interrupt surfaced as the zip writer's
-    RuntimeError ("unexpected pos 64 vs 0") and failed the run instead of saving it (a `kill` of
-    `run --jobs` that landed on an epoch-end save, seen once in CI)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending = []
-    held = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(sig)
-        if callable(handler):  # not ignored (Lightning ignores SIGINT while it shuts down)
-            held[sig] = handler
-            signal.signal(sig, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        for sig, handler in held.items():
-            signal.signal(sig, handler)
-    for sig in pending[:1]:  # the first stop acts, as it would have in the write
-        held[sig](sig, None)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -150,7 +125,7 @@ class PeriodicCheckpoint(L.Callback):
             trainer.save_checkpoint(self.path)
 
 
-class RunState(L.Callback):
+class RunIdentityAndRng(L.Callback):
     """Keeps the run's identity and RNG states in its checkpoints and puts the RNG back.
 
     The RNG states are those at the save (the end of a training batch or of validation); they are
@@ -304,54 +279,3 @@ class ResumableData(L.Callback):
         epoch = (fit.get("epoch_progress") or {}).get("current") or {}
         if states and epoch.get("processed", 0) < epoch.get("started", 0):
             self.pending = states[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# reading checkpoints back
-
-
-class ForeignCheckpoint(Exception):
-    """A checkpoint in a run's folder that was written by a run with another config."""
-
-
-def read_checkpoint(path: Path) -> dict:
-    """Load a checkpoint on CPU (raises on a truncated or corrupt file)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state["epoch"], state["global_step"]  # noqa: B018 - a checkpoint has both, or is damaged
-    return state
-
-
-def check_owner(state: dict, path: Path, run_id: str, config: dict,
-                hparams: dict | None = None) -> None:
-    """Raise ForeignCheckpoint when `state` was saved by another run (another config).
-
-    The run id is the hash of everything that changes what a run computes, so an equal id is
-    the same run. A checkpoint from before ids were stored is judged by the task's hparams.
-    """
-    owner = state.get("lesa_bench") or {}
-    saved_id, saved = owner.get("run_id"), owner.get("config")
-    if saved_id is not None:
-        if saved_id == run_id:
-            return
-        differs = _differences(saved or {}, config)
-    else:
-        saved = state.get("hyper_parameters")
-        if hparams is None or saved is None or saved == hparams:
-            return
-        differs = _differences(saved, hparams)
-    raise ForeignCheckpoint(
-        f"checkpoint {path} was written by another run ({saved_id or 'unknown id'}"
-        f"{'; it differs in ' + ', '.join(differs[:4]) if differs else ''}), not by {run_id}; "
-        f"refusing to resume from it. Move it out of {path.parent} (or delete "
-        f"{path.parent.parent}) to train this run from scratch")
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b), key=str):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differences(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(f"{prefix}{key} ({x!r} there, {y!r} here)")
-    return out

@@ -34,9 +34,8 @@ TASKS: dict[str, TaskSpec] = {
                            "test/map_medium", "test/map_large", "test/ap_vt", "test/ap_t",
                            "test/ap_s", "test/ap_m"),
                           # FCOS + FPN P2-P5 (bench/tasks/detection.py); anchor_sizes: one per
-                          # level, px; min_size/max_size null = native resolution (no resize).
-                          # fpn_channels/head_convs: torchvision's 256/4; CPU runs on
-                          # digit_scenes use 32/1
+                          # level, px; min_size/max_size null = native resolution (no resize);
+                          # fpn_channels/head_convs default to torchvision's 256/4
                           options={"fpn_channels": 256, "head_convs": 4,
                                    "anchor_sizes": [4, 8, 16, 32],
                                    "center_sampling_radius": 1.5, "score_thresh": 0.05,
@@ -51,7 +50,8 @@ def backbone_kwargs(model: dict) -> dict:
     builds its backbone through this, so a new model key reaches all tasks)."""
     kwargs = dict(fusion=model["fusion"], heads=model["heads"],
                   output_stride=model["output_stride"],
-                  attention_stages=tuple(model["attention_stages"]), max_size=model["max_size"],
+                  attention_stages=tuple(model["attention_stages"]),
+                  max_map_size=model["max_size"],
                   stem=model.get("stem"))
     if model.get("window"):
         kwargs["window"] = model["window"]

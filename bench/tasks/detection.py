@@ -21,8 +21,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork
 
 import lesa
-from bench.tasks.metrics import AITOD_BUCKETS, COCO_KEYS, DetectionMetrics
+from bench.data.base import IMAGENET_MEAN, IMAGENET_STD
 from bench.tasks import TASKS, backbone_kwargs
+from bench.tasks.metrics import AITOD_BUCKETS, COCO_KEYS, DetectionMetrics
 from bench.tasks.optim import build_optimizers
 
 
@@ -113,7 +114,7 @@ class DetectionTask(L.LightningModule):
 
     def __init__(self, model: dict, optim: dict, num_classes: int, in_channels: int = 3,
                  image_size: tuple[int, int] = (128, 128),
-                 image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225),
+                 image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
                  max_epochs: int = 10, batch_size: int = 8):
         super().__init__()
         self.save_hyperparameters()
@@ -135,13 +136,15 @@ class DetectionTask(L.LightningModule):
 
     @classmethod
     def from_config(cls, cfg: dict, datamodule) -> "DetectionTask":
+        """`datamodule` gives num_classes and in_channels, and may give example_image_size
+        ((height, width); else data.image_size squared), image_mean and image_std."""
         size = getattr(datamodule, "example_image_size", None)
         if size is None:
             side = cfg["data"].get("image_size", 128)
             size = (side, side)
         return cls(cfg["model"], cfg["optim"], datamodule.num_classes, datamodule.in_channels,
-                   tuple(size), tuple(getattr(datamodule, "image_mean", (0.485, 0.456, 0.406))),
-                   tuple(getattr(datamodule, "image_std", (0.229, 0.224, 0.225))),
+                   tuple(size), tuple(getattr(datamodule, "image_mean", IMAGENET_MEAN)),
+                   tuple(getattr(datamodule, "image_std", IMAGENET_STD)),
                    cfg["trainer"]["max_epochs"], cfg["data"]["batch_size"])
 
     def forward(self, images) -> list[dict[str, torch.Tensor]]:

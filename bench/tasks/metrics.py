@@ -60,7 +60,7 @@ class DetectionMetrics(MeanAveragePrecision):
             out.update(self._size_buckets())
         return out
 
-    def _coco_dicts(self) -> tuple[dict, list[dict], list[int]]:
+    def _coco_dicts(self) -> tuple[dict, list[dict]]:
         """Ground truth (areas = box areas) and detections, from the metric's own states
         (boxes are stored there as xywh)."""
         images, gt, dt = [], [], []
@@ -80,13 +80,13 @@ class DetectionMetrics(MeanAveragePrecision):
                            "iscrowd": 0})
                 classes.add(int(label))
         categories = [{"id": c, "name": str(c)} for c in sorted(classes)]
-        return {"images": images, "annotations": gt, "categories": categories}, dt, sorted(classes)
+        return {"images": images, "annotations": gt, "categories": categories}, dt
 
     def _size_buckets(self) -> dict[str, float]:
         from faster_coco_eval import COCO, COCOeval_faster
 
         empty = {name: math.nan for name in AITOD_BUCKETS}
-        gt_dataset, detections, _ = self._coco_dicts()
+        gt_dataset, detections = self._coco_dicts()
         if not gt_dataset["images"]:
             return empty
         ranges = {name: [lo ** 2, hi ** 2] for name, (lo, hi) in AITOD_BUCKETS.items()}

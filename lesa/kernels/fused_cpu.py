@@ -1,30 +1,27 @@
 """The global binary term's attention in CPU inference as one hand-written kernel.
 
-lesa/fused_attention.cpp computes what lesa/chunked.py computes (softmax over keys of
-q k^T / sqrt(d) plus the 2-D relative logits, times v; a_ii or j = i removed on request) for a
-few query rows at a time with their logits kept in L2, in AVX-512 or AVX2 intrinsics (one
-source, compiled for the instruction set torch uses here). It exists because
-no library fuses a relative-position bias into attention on CPU: torch's fused CPU attention
-takes it only as a materialised L x L mask (1.8-2.3x slower than the torch-op path at
-L = 4096), FlexAttention compiles to a slower loop on CPU, and the torch-op path
-(lesa/chunked.py) spends most of its time moving each chunk's logits between four kernels.
-Measured side by side: `lesa-bench profile`, rows "core: attend" and "core: chunked, torch
-ops" (README, performance).
+fused_attention.cpp computes what chunked.py computes (softmax over keys of q k^T / sqrt(d) plus
+the 2-D relative logits, times v; a_ii or j = i removed on request) for a few query rows at a
+time with their logits kept in L2, in AVX-512 or AVX2 intrinsics (one source, compiled for the
+instruction set torch uses here). It exists because no library fuses a relative-position bias
+into attention on CPU: torch's fused CPU attention takes it only as a materialised L x L mask,
+FlexAttention compiles to a slower loop on CPU, and the torch-op path (chunked.py) spends most
+of its time moving each chunk's logits between four kernels.
 
 Scope, and what happens outside it (the caller, BinaryTerm.attend, falls back to the chunked
 path, so nothing changes but speed):
-- inference only (no autograd through it): training keeps lesa/chunked.py's Function;
+- inference only (no autograd through it): training keeps chunked.py's Function;
 - float32 on an x86 CPU whose torch reports AVX-512 or AVX2
   (`torch.backends.cpu.get_cpu_capability()`, which ATEN_CPU_CAPABILITY lowers), value heads of
   at most 64 channels;
-- a C++ compiler: the kernel is compiled on first use (about 3 s) against the installed torch
-  (its headers and its OpenMP pool, so torch's thread count applies) into a cache,
-  $LESA_KERNEL_CACHE or ~/.cache/lesa-bench/kernels, keyed by the source, torch and the flags;
+- a C++ compiler: the kernel is compiled on first use against the installed torch (its headers
+  and its OpenMP pool, so torch's thread count applies) into a cache, $LESA_KERNEL_CACHE or
+  ~/.cache/lesa-bench/kernels, keyed by the source, torch and the flags;
 - LESA_FUSED_CPU=0 turns it off.
 
 `status()` says whether it is in use and why not. The call goes through a torch custom op,
 `torch.ops.lesa.relative_attention_cpu`, so FlopCounterMode and the profiler see it (its FLOPs:
-bench/flops.py).
+bench/report/flops.py).
 """
 from __future__ import annotations
 
@@ -200,7 +197,7 @@ def _grid(table: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
 
 def relative_attention(q, k, v, by_row, by_col, height: int, width: int, scale: float,
                        diagonal: str = "keep"):
-    """lesa.chunked.relative_attention's forward (same arguments and results), no autograd.
+    """chunked.relative_attention's forward (same arguments and results), no autograd.
 
     q, k (B, heads, L, d), v (B, heads, L, dv); by_row (B, heads, L, H) and by_col (..., W) as
     RelativePosition2d returns them, or (B, heads, H, W, H) / (..., W) as its `grids` returns

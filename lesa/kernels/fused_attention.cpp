@@ -1,5 +1,5 @@
 // The global binary term's attention in inference, AVX-512 or AVX2 (built, loaded and explained
-// by lesa/fused_cpu.py; the math is lesa/chunked.py's):
+// by lesa/kernels/fused_cpu.py; the math is lesa/kernels/chunked.py's):
 //
 //     out_i = sum_j softmax_j(s_ij) v_j,   s_ij = q_i.k_j + by_row_i[y_j] + by_col_i[x_j]
 //
@@ -29,7 +29,7 @@
 namespace {
 
 // The few vector operations the passes use, for the instruction set this file is compiled for
-// (-mavx512f or -mavx2, lesa/fused_cpu.py): W float lanes per vector.
+// (-mavx512f or -mavx2, lesa/kernels/fused_cpu.py): W float lanes per vector.
 #if defined(__AVX512F__)
 using V = __m512;
 constexpr int64_t W = 16;
@@ -330,8 +330,7 @@ int lesa_relative_attention_f32(const float* q, const float* kt, const float* v,
                    ts[2],  ts[3],  ts[4],  ts[5]};
   // G rows per group by value vectors (NV): about as many as let pass 3's G x NV accumulators,
   // NV value vectors and a broadcast fit the vector registers (32 with AVX-512, 16 with AVX2).
-  // AVX2, dv = 32 (NV = 4), by measurement: G = 4 (spilling a few) ran 1.55x the torch ops at
-  // B=8, L = 1024, against 1.30-1.34x for G = 2, 3 and 6
+  // (AVX2 with NV = 4 takes G = 4, spilling a few: it measured faster than G = 2, 3 or 6)
   if (dv < 1 || dv > 64) return 1;
 #if defined(__AVX512F__)
   switch ((dv + W - 1) / W) {

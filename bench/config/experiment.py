@@ -1,0 +1,240 @@
+"""Experiment files: reading them, matrix expansion, --set/--only, run ids, shards.
+
+An experiment file is YAML: `name`, `seed`, sections `data`, `model`, `optim`, `trainer`
+(anything left out takes the defaults in bench/config/schema.py), a `matrix:` whose axes are
+expanded as a cartesian product, and an optional `sweep:` (bench/config/sweep.py). Matrix axes
+are either dotted config keys with a list of values (`model.fusion: [conv, dynamic]`,
+`seed: [0, 1]`), or bundle axes: any other name whose values are mappings of dotted keys set
+together, e.g.
+
+    matrix:
+      model.fusion: [conv, dynamic]
+      task:
+        - {data.name: digits}
+        - {data.name: digit_scenes, model.backbone: resnet_small, optim.lr: 0.02}
+
+Nothing here imports torch: validation and `--dry-run` stay fast.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lesa.names import did_you_mean
+
+from bench.config.schema import (DEFAULTS, ID_WHEN_SET, NOT_IN_ID, TOP_LEVEL, ConfigError,
+                                 check_keys, get_dotted, resolve, schema_for, set_dotted,
+                                 type_name)
+from bench.config.sweep import validate_sweep
+
+
+def _without_nulls(value):
+    # null-valued keys stay out of the id: a new optional key (default null) keeps old ids valid
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return copy.deepcopy(value)
+
+
+def run_id(cfg: dict) -> str:
+    """Readable prefix + a hash of the resolved config (what the run computes)."""
+    identity = _without_nulls(cfg)
+    for section, key in NOT_IN_ID:
+        identity.get(section, {}).pop(key, None)
+    for (section, key), default in ID_WHEN_SET.items():
+        if identity.get(section, {}).get(key, default) == default:
+            identity.get(section, {}).pop(key, None)
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{cfg['model']['fusion']}-{cfg['data']['name']}-s{cfg['seed']}-{digest}"
+
+
+@dataclass
+class Run:
+    id: str
+    config: dict
+    axes: dict  # the matrix values that made this run: {axis: value}
+
+    def get(self, dotted: str):
+        return get_dotted(self.config, dotted)
+
+
+@dataclass
+class Experiment:
+    name: str
+    path: Path | None
+    base: dict  # the raw file without matrix/sweep, overrides applied
+    matrix: dict
+    runs: list[Run]
+    sweep: dict | None = None
+    raw: dict = field(default_factory=dict)
+
+
+def parse_assignment(text: str, flag: str) -> tuple[str, object]:
+    if "=" not in text or not text.split("=", 1)[0].strip():
+        raise ConfigError(f"{flag} {text!r}: expected KEY=VALUE, e.g. {flag} trainer.max_epochs=2")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _expand(base: dict, matrix: dict) -> list[tuple[dict, dict]]:
+    if not isinstance(matrix, dict):
+        raise ConfigError(f"matrix: expected a mapping of axis -> list of values, got "
+                          f"{type_name(matrix)}")
+    axes = []
+    for axis, values in matrix.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"matrix.{axis}: expected a non-empty list of values, got "
+                              f"{values!r}")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise ConfigError(f"matrix.{axis}: values repeat: {values!r}")
+        is_key = axis == "seed" or "." in axis
+        if not is_key and not all(isinstance(v, dict) for v in values):
+            raise ConfigError(f"matrix.{axis}: not a dotted config key (like model.fusion), so "
+                              f"its values must be mappings of dotted keys (a bundle axis)")
+        axes.append((axis, values, is_key))
+    combos = []
+    for choice in itertools.product(*[values for _, values, _ in axes]):
+        raw = copy.deepcopy(base)
+        labels = {}
+        for (axis, _, is_key), value in zip(axes, choice):
+            updates = {axis: value} if is_key else value
+            for dotted, v in updates.items():
+                set_dotted(raw, str(dotted), v)
+            labels[axis] = value
+        combos.append((raw, labels))
+    return combos
+
+
+def _with_axis_errors(fn, labels: dict):
+    try:
+        return fn()
+    except ConfigError as err:
+        where = ", ".join(f"{k}={v}" for k, v in labels.items() if not isinstance(v, dict))
+        raise ConfigError(f"{err} (in the matrix run {where})" if where else str(err)) from None
+
+
+def _known_depth(raw_run: dict, dotted: str) -> int:
+    """How many leading parts of a dotted key a run (raw, before resolve) on its dataset has:
+    all of them where the key is one of its config keys."""
+    schema = schema_for((raw_run.get("data") or {}).get("name", DEFAULTS["data"]["name"]))
+    parts = dotted.split(".")
+    for depth, key in enumerate(parts):
+        if not isinstance(schema, dict) or key not in schema:
+            return depth
+        schema = schema[key]
+    return len(parts)
+
+
+def load_experiment(path: str | Path, overrides: list[str] = (), only: list[str] = ()) -> Experiment:
+    """Read, validate and expand an experiment file. Raises ConfigError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir():
+            options = [p.name for p in path.parent.glob("*.yaml")]
+            hint = did_you_mean(path.name, options)
+        raise ConfigError(f"experiment file {str(path)!r} not found{hint}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return experiment_from_dict(raw, path, overrides, only)
+    except ConfigError as err:
+        raise ConfigError(_where(str(err), path, overrides)) from None
+
+
+def _where(message: str, path: Path, overrides) -> str:
+    """Say where the bad value came from: the --set that set the key, else the file."""
+    if message.startswith(("--", str(path))):
+        return message
+    key = message.split(":", 1)[0]
+    for text in overrides:
+        set_key = text.split("=", 1)[0].strip()
+        if key == set_key or key.startswith(f"{set_key}.") or set_key.startswith(f"{key}."):
+            return f"--set {text}: {message}"
+    return f"{path}: {message}"
+
+
+def experiment_from_dict(raw, path: Path | None = None, overrides=(), only=()) -> Experiment:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'experiment'}: expected a mapping at the top level, got "
+                          f"{type_name(raw)}")
+    check_keys("", raw, TOP_LEVEL, "unknown top-level key")
+    name = raw.get("name") or (path.stem if path else None)
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"name: {name!r} must be a string of letters, digits, - and _")
+    base = {k: copy.deepcopy(v) for k, v in raw.items()
+            if k not in ("matrix", "sweep", "description", "name")}
+    for section in ("data", "model", "optim", "trainer"):
+        if section in base and not isinstance(base[section], dict):
+            raise ConfigError(f"{section}: expected a mapping, got {type_name(base[section])}")
+    matrix = copy.deepcopy(raw.get("matrix") or {})
+    late = []  # set after the matrix: --set wins over a bundle axis that sets the same key
+    for text in overrides:
+        key, value = parse_assignment(text, "--set")
+        if key in matrix:
+            matrix[key] = [value]
+        else:
+            late.append((key, value))
+    expanded = _expand(base, matrix)
+    # a key of one task or dataset (model.detection.*, a dataset's data.* option) goes to the
+    # runs that have it; a key no run has, to the runs that know most of it (the unknown-key
+    # error then names the closest key: model.detection.head_conv -> head_convs)
+    for key, value in late:
+        set_dotted(base, key, value)
+        depths = [_known_depth(raw, key) for raw, _ in expanded]
+        for (raw_run, _), depth in zip(expanded, depths):
+            if depth == max(depths):
+                set_dotted(raw_run, key, copy.deepcopy(value))
+    runs = []
+    for raw_run, labels in expanded:
+        cfg = _with_axis_errors(lambda: resolve(raw_run), labels)
+        cfg["name"] = name
+        runs.append(Run(run_id(cfg), cfg, labels))
+    filters: dict[str, list] = {}
+    for text in only:
+        key, value = parse_assignment(text, "--only")
+        filters.setdefault(key, []).append(value)
+    for key, values in filters.items():
+        try:
+            for run in runs:
+                run.get(key)
+        except (KeyError, TypeError):
+            raise ConfigError(f"--only {key}: not a config key; give a dotted key and a value, "
+                              f"e.g. --only model.fusion=sa") from None
+        runs = [r for r in runs if r.get(key) in values or str(r.get(key)) in map(str, values)]
+    seen = {}
+    for run in runs:
+        if run.id in seen:
+            raise ConfigError(f"matrix: two runs resolve to the same config ({run.id}); an axis "
+                              f"repeats a value or sets a key another axis also sets")
+        seen[run.id] = run
+    sweep = raw.get("sweep")
+    if sweep is not None:
+        sweep = validate_sweep(sweep, runs)
+    return Experiment(name, path, base, matrix, runs, sweep, raw)
+
+
+def shard(runs: list[Run], spec: str | None) -> list[Run]:
+    """Deterministic split by run id hash: shard i/n keeps the runs whose hash % n == i.
+
+    By hash rather than position, so a shard keeps its runs when the matrix grows.
+    """
+    if not spec:
+        return runs
+    try:
+        index, count = (int(p) for p in spec.split("/"))
+        assert count >= 1 and 0 <= index < count
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--shard {spec!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
+    return [r for r in runs if int(r.id.rsplit("-", 1)[1], 16) % count == index]

@@ -1,0 +1,224 @@
+"""Reading the results store for the reports: one record per run, the runs that cannot be
+trusted (flagged), and cells that aggregate a metric over seeds.
+
+Cells aggregate seeds: mean +- std with n. A cell whose runs are not all done says so
+(running / failed / missing); a missing value is never shown as 0. No torch here.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.config import FUSION_NAMES, Experiment, Run, run_id
+from bench.data import DATASETS
+from bench.run.environment import NOT_RECORDED, environment_label
+from bench.store import RunDir, RunState, experiment_dir
+
+# runs whose results cannot be trusted: flagged in every report, never in a mean
+FLAGGED = {
+    "stale": "its stored config.yaml no longer hashes to its id (edited or damaged)",
+    "unreadable": "marked done, but its metrics.json is missing or unreadable",
+}
+# headline metrics per task in the ablation table (the rest go to JSON/CSV exports)
+ABLATION_METRICS = {"classification": ("test/acc1",),
+                    "detection": ("test/map_50", "test/map", "test/ap_vt", "test/ap_t",
+                                  "test/ap_s", "test/ap_m")}
+SHARE_METRICS = {"classification": ("shares/unary", "shares/binary"),
+                 "detection": ("shares/unary", "shares/binary")}
+COST_METRICS = {"classification": ("costs/params", "costs/gflops", "costs/train_images_per_s"),
+                "detection": ("costs/params", "costs/gflops", "costs/train_images_per_s")}
+
+
+@dataclass
+class RunRecord:
+    run: Run
+    state: str
+    status: dict
+    metrics: dict | None
+    stale: bool = False  # stored config no longer hashes to the folder's id
+    folder: Path | None = None
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+    states: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else (0.0 if self.values else None)
+
+    def incomplete(self) -> str:
+        parts = [f"{n} {s}" for s, n in self.states.items() if s != RunState.DONE]
+        return ", ".join(parts)
+
+
+def collect(exp: Experiment, runs: list[Run], results: Path) -> list[RunRecord]:
+    root = experiment_dir(results, exp.name)
+    records = []
+    for run in runs:
+        rd = RunDir(root / run.id)
+        status = rd.status()
+        stale = rd.path.is_dir() and not _config_matches(rd, run.id)
+        state = status.get("state", RunState.PENDING)
+        if state == RunState.RUNNING and not rd.locked_by_other():
+            state = RunState.INTERRUPTED  # its process died without saying so
+        metrics = None if stale else rd.metrics()
+        if stale:
+            state = "stale"
+        elif state == RunState.DONE and not isinstance((metrics or {}).get("test"), dict):
+            state, metrics = "unreadable", None
+        records.append(RunRecord(run, state, status, metrics, stale, rd.path))
+    return records
+
+
+def _config_matches(rd: RunDir, expected_id: str) -> bool:
+    """Whether the run folder's stored config still hashes to its id (False when unreadable)."""
+    stored = rd.config()
+    try:
+        return isinstance(stored, dict) and run_id(stored) == expected_id
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+
+
+def flagged(records: list[RunRecord]) -> list[RunRecord]:
+    return [r for r in records if r.state in FLAGGED]
+
+
+def flag_lines(records: list[RunRecord]) -> list[str]:
+    """One line per run left out of the means because its results cannot be trusted."""
+    lines = []
+    for r in flagged(records):
+        lines.append(f"{r.run.id}: {FLAGGED[r.state]}; left out of every mean. Delete "
+                     f"{r.folder} to train it again")
+    return lines
+
+
+def environments(records: list[RunRecord]) -> dict[str, list[str]]:
+    """Environment label -> ids of the finished runs in it."""
+    found: dict[str, list[str]] = {}
+    for r in records:
+        if r.state == RunState.DONE:
+            env = (r.metrics or {}).get("environment")
+            label = environment_label(env) if isinstance(env, dict) else NOT_RECORDED
+            found.setdefault(label, []).append(r.run.id)
+    return found
+
+
+def dataset_names(records) -> list[str]:
+    seen = []
+    for r in records:
+        if r.run.config["data"]["name"] not in seen:
+            seen.append(r.run.config["data"]["name"])
+    return seen
+
+
+def _row_key(run: Run) -> str:
+    """Row label: the strategy plus any other matrix axis that is not the seed or the data."""
+    extra = [f"{axis}={value}" for axis, value in run.axes.items()
+             if axis not in ("seed", "model.fusion") and not axis.startswith("data.")
+             and not (isinstance(value, dict) and "data.name" in value)]
+    return " ".join([run.config["model"]["fusion"], *extra])
+
+
+def sort_rows(keys) -> list[str]:
+    order = {name: i for i, name in enumerate(FUSION_NAMES)}
+    return sorted(keys, key=lambda k: (order.get(k.split()[0], 99), k))
+
+
+def _metric_value(record: RunRecord, metric: str) -> float | None:
+    if record.state != RunState.DONE or not record.metrics:
+        return None
+    if metric.startswith("test/"):
+        value = record.metrics.get("test", {}).get(metric)
+    elif metric.startswith("costs/"):
+        value = (record.metrics.get("costs") or {}).get(metric.split("/", 1)[1])
+    elif metric.startswith("shares/"):
+        shares = record.metrics.get("shares") or {}
+        value = shares.get(metric.split("/", 1)[1])
+    else:
+        value = None
+    if value is None or (isinstance(value, float) and (math.isnan(value) or value < 0)):
+        return None  # NaN and COCO's -1 mean "no objects of that kind": not a zero
+    return float(value)
+
+
+def build_cells(records: list[RunRecord], metrics_by_task: dict) -> dict:
+    """{dataset: {metric: {row: Cell}}} over the metrics each dataset's task reports."""
+    table: dict = {}
+    for record in records:
+        dataset = record.run.config["data"]["name"]
+        task = DATASETS[dataset].task
+        row = _row_key(record.run)
+        for metric in metrics_by_task[task]:
+            cell = table.setdefault(dataset, {}).setdefault(metric, {}).setdefault(row, Cell())
+            cell.states[record.state] = cell.states.get(record.state, 0) + 1
+            value = _metric_value(record, metric)
+            if value is not None:
+                cell.values.append(value)
+    return table
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric.startswith("test/") else 1.0
+
+
+def fmt_cell(cell: Cell | None, metric: str, digits: int = 2) -> str:
+    if cell is None:
+        return "-"
+    k = _scale(metric)
+    note = cell.incomplete()
+    if cell.mean is None:  # every run done, none has a value: e.g. no test objects that size
+        return note or "n/a"
+    text = f"{cell.mean * k:.{digits}f} ± {cell.std * k:.{digits}f} (n={cell.n})"
+    return f"{text} [{note}]" if note else text
+
+
+def short(metric: str) -> str:
+    return metric.split("/", 1)[1]
+
+
+@dataclass
+class Delta:
+    value: float | None
+
+    def __str__(self) -> str:
+        return "-" if self.value is None else f"{self.value:+.2f}"
+
+
+def ablation_rows(cells: dict, datasets: list[str]) -> tuple[list[str], list[list]]:
+    """Header and rows: the row label, then per dataset each metric's Cell (or None where the
+    row has no run on that dataset) and a Delta (difference of the headline mean to conv)."""
+    rows = sort_rows({row for d in datasets for m in cells[d].values() for row in m})
+    header = ["strategy"]
+    for d in datasets:
+        header += [f"{d} {short(m)}" for m in ABLATION_METRICS[DATASETS[d].task]]
+        header.append(f"{d} Δ conv")
+    body = []
+    for row in rows:
+        line: list = [row]
+        for d in datasets:
+            metrics = ABLATION_METRICS[DATASETS[d].task]
+            line += [cells[d][metric].get(row) for metric in metrics]
+            head = cells[d][metrics[0]]
+            base = head.get(" ".join(["conv", *row.split()[1:]]))
+            mine = head.get(row)
+            known = base and mine and base.mean is not None and mine.mean is not None
+            line.append(Delta((mine.mean - base.mean) * _scale(metrics[0]) if known else None))
+        body.append(line)
+    return header, body
+
+
+def cell_text(value) -> str:
+    """An ablation table entry as text: a Cell in percent, a Delta or a label as it is."""
+    return fmt_cell(value, "test/") if isinstance(value, Cell) else str(value or "-")

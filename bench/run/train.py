@@ -1,0 +1,127 @@
+"""One run: build its datamodule, task and Trainer, fit (or resume), test, return its metrics.
+
+The runner (bench/run/runner.py) decides which runs to train and records their outcome; this
+module trains one. Lightning and torch are imported here, not at the runner's import.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+from bench.config import Run
+from bench.run.ddp import announce_ddp_run, ddp_resume_point, end_ddp_run, is_ddp_child
+from bench.run.signals import RunInterrupted
+from bench.store import RunDir
+
+CHECKPOINT_EVERY_N_STEPS = 200  # trainer.checkpoint_every_n_steps when the config has none
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*does not have many workers.*", ".*number of training batches.*",
+                    ".*LeafSpec.*", ".*treespec.*", ".*Checkpoint directory.*exists.*",
+                    ".*Experiment logs directory.*exists.*", ".*TreeSpec.*",
+                    # under DDP: train/loss and images/s are rank 0's; test metrics are synced
+                    ".*sync_dist=True.*when logging on epoch level.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monitor: str, mode: str):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    from bench.run.callbacks import DivergenceGuard, LogLines, SaveOnInterrupt, StatusProgress
+    from bench.run.checkpoints import AtomicCheckpointIO, PeriodicCheckpoint, RunIdentityAndRng
+
+    t = run.config["trainer"]
+    interactive = sys.stdout.isatty() and not is_ddp_child()
+    every = t.get("checkpoint_every_n_steps", CHECKPOINT_EVERY_N_STEPS)
+    callbacks = [
+        ModelCheckpoint(dirpath=run_dir.checkpoints, filename="best", monitor=monitor, mode=mode,
+                        save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                        enable_version_counter=False),  # last.ckpt is shared with PeriodicCheckpoint
+        PeriodicCheckpoint(run_dir.last_checkpoint, every),
+        RunIdentityAndRng(run.id, run.config),
+        SaveOnInterrupt(run_dir.last_checkpoint),
+        StatusProgress(run_dir),
+        DivergenceGuard(),
+        RichProgressBar() if interactive else LogLines(label),
+        *callbacks,
+    ]
+    return L.Trainer(
+        default_root_dir=run_dir.path,
+        logger=CSVLogger(run_dir.path, name="logs", version=""),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        # the datamodules' samplers are sharded by rank in bench/run/checkpoints.py, which can resume
+        # mid-epoch; Lightning's DistributedSampler wrapper could not
+        use_distributed_sampler=False,
+        enable_progress_bar=interactive,
+        enable_model_summary=False,
+        max_epochs=t["max_epochs"], accelerator=t["accelerator"], devices=t["devices"],
+        strategy=t["strategy"], num_nodes=t["num_nodes"], precision=t["precision"],
+        limit_train_batches=t["limit_train_batches"], limit_val_batches=t["limit_val_batches"],
+        limit_test_batches=t["limit_test_batches"], gradient_clip_val=t["gradient_clip_val"],
+        accumulate_grad_batches=t["accumulate_grad_batches"],
+        check_val_every_n_epoch=t["check_val_every_n_epoch"],
+        log_every_n_steps=t["log_every_n_steps"],
+    )
+
+
+def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) -> dict:
+    """Train (or resume) and test one run. Returns its metrics (the runner writes them).
+
+    Raises RunInterrupted on Ctrl-C/SIGTERM (after Lightning saved a checkpoint).
+    """
+    import lightning as L
+
+    from bench.data import build_datamodule, dataset_spec
+    from bench.run.callbacks import CostsAndShares
+    from bench.run.checkpoints import ResumableData
+    from bench.run.environment import environment
+    from bench.run.resume import resume_point
+    from bench.tasks import TASKS, build_task
+
+    _quiet_lightning()
+    cfg = run.config
+    spec = TASKS[dataset_spec(cfg["data"]["name"]).task]
+    L.seed_everything(cfg["seed"], workers=True, verbose=False)
+    datamodule = build_datamodule(cfg["data"], cfg["seed"])
+    datamodule.check()
+    task = build_task(cfg, datamodule)
+    costs = CostsAndShares()
+    callbacks = [costs, ResumableData(datamodule), *extra_callbacks]
+    trainer = build_trainer(run, run_dir, callbacks, label, spec.monitor, spec.mode)
+    if is_ddp_child():  # rank 0 chose the checkpoint (and set unreadable ones aside)
+        resume = ddp_resume_point()
+    else:
+        resume = resume_point(run_dir, run, dict(task.hparams))
+    # read before training: if it could fail, it fails before hours of work, not after
+    env = environment(trainer.strategy.root_device.type)
+    launched = announce_ddp_run(run.id, resume) if trainer.world_size > 1 else {}
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+        if trainer.interrupted:
+            raise RunInterrupted()
+        best = trainer.checkpoint_callback.best_model_path
+        tested = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    except SystemExit:  # Lightning's answer to KeyboardInterrupt, after on_exception hooks ran
+        raise RunInterrupted() from None
+    finally:
+        if launched:
+            end_ddp_run(launched)
+    test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    score = trainer.checkpoint_callback.best_model_score
+    return {
+        "test": test_metrics,
+        "best_val": {spec.monitor: float(score) if score is not None else None},
+        "epochs": trainer.current_epoch,
+        "costs": {k: costs.summary.get(k) for k in ("params", "backbone_params", "gflops",
+                                                    "train_images_per_s")},
+        "shares": costs.summary.get("test_shares"),
+        "val_shares": costs.summary.get("val_shares"),
+        "environment": env,
+    }

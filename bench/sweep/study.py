@@ -1,0 +1,268 @@
+"""Running the studies: set each up, reap trials whose worker died, and let one or more
+workers draw trials until every study reaches its budget.
+
+The budget counts complete and pruned trials across all workers and invocations, so re-running
+the same command continues every study to its total. A trial whose worker died (SIGKILL, OOM
+killer, power) stays RUNNING in the storage; the next sweep marks it failed and queues its
+parameters again (the re-queued trial resumes the same run from its checkpoint).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.config import ConfigError, Experiment
+from bench.config.sweep import grid_size, grid_values
+from bench.run.runner import preflight
+from bench.run.workers import start_workers, wait_for_workers, worker_slot
+from bench.store import RunDir, RunState, experiment_dir, process_gone, write_atomic
+from bench.sweep.cells import StudyCell, objective_text, require_sweep, study_cells
+from bench.sweep.objective import Objective, trial_counts
+from bench.sweep.storage import (RECORD, describe_storage, open_storage, quiet_optuna,
+                                 storage_url)
+from bench.sweep.summary import summary
+
+RUNNING_ELSEWHERE = "the last trials are running in other workers"
+# how long a RUNNING trial may go without saying which worker runs it (it does so at once)
+UNCLAIMED_GRACE_S = 120
+
+
+def _sampler(spec: dict, seed: int, space: dict):
+    import optuna
+
+    options = {k: v for k, v in spec.items() if k != "name"}
+    options["seed"] = seed
+    if spec["name"] == "tpe":
+        return optuna.samplers.TPESampler(**options)
+    if spec["name"] == "random":
+        return optuna.samplers.RandomSampler(**options)
+    return optuna.samplers.GridSampler({k: grid_values(v) for k, v in space.items()}, **options)
+
+
+def _pruner(spec: dict):
+    import optuna
+
+    options = {k: v for k, v in spec.items() if k != "name"}
+    if spec["name"] == "median":
+        return optuna.pruners.MedianPruner(**options)
+    if spec["name"] == "hyperband":
+        return optuna.pruners.HyperbandPruner(**options)
+    return optuna.pruners.NopPruner()
+
+
+def _sampler_seed(base: int, worker: int, existing: int) -> int:
+    """A fresh single-worker sweep uses the seed as given; a worker or a resumed sweep gets a
+    derived one, so it does not replay the first worker's (or the first session's) proposals."""
+    if worker == 0 and existing == 0:
+        return base
+    digest = hashlib.sha1(f"{base}/{worker}/{existing}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+# --- dead workers
+def _worker_dead(worker: dict | None, started: datetime | None) -> bool:
+    if not worker:  # killed between creating the trial and claiming it (milliseconds)
+        age = (datetime.now() - started).total_seconds() if started is not None else 0.0
+        return age > UNCLAIMED_GRACE_S
+    return process_gone(worker)  # another machine's worker: its RDB heartbeat speaks for it
+
+
+def reap_dead_trials(study, root: Path, console: Console) -> int:
+    """Fail the RUNNING trials whose worker process is gone, and queue their parameters again.
+
+    The re-queued trial has the same config, hence the same run, which resumes from its last
+    checkpoint. Safe to call from several processes at once: only the one whose FAIL lands
+    re-queues.
+    """
+    from optuna.trial import TrialState
+
+    reaped = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _worker_dead(trial.user_attrs.get("worker"), trial.datetime_start):
+            continue
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "killed", True)
+            study.tell(trial.number, state=TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - another process reaped it first
+            continue
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        reaped += 1
+        rid = trial.user_attrs.get("run_id")
+        if rid:
+            rd = RunDir(root / rid)
+            if rd.status().get("state") == RunState.RUNNING and not rd.locked_by_other():
+                rd.update_status(state=RunState.INTERRUPTED, error="killed: its sweep worker died")
+        console.print(f"  [yellow]{study.study_name.split('/', 1)[1]} #{trial.number}: its "
+                      f"worker died; marked failed, parameters queued again")
+    return reaped
+
+
+def _finished(study, cell: StudyCell, budget: int, sweep: dict) -> str | None:
+    """Why this worker has nothing left to start in the study, or None."""
+    from optuna.trial import TrialState
+
+    counts = trial_counts(study)
+    if counts["complete"] + counts["pruned"] >= budget:
+        return "budget reached"
+    if counts["complete"] + counts["pruned"] + counts["running"] >= budget:
+        return RUNNING_ELSEWHERE
+    if sweep["sampler"]["name"] == "grid" and not counts["waiting"]:
+        started = {t.system_attrs.get("grid_id") for t in study.get_trials(deepcopy=False)
+                   if "grid_id" in t.system_attrs and t.state != TrialState.WAITING}
+        if len(started) >= grid_size(sweep):
+            return "grid exhausted"
+    return None
+
+
+def _load_studies(exp: Experiment, cells: list[StudyCell], storage, worker: int):
+    import optuna
+
+    studies = {}
+    for cell in cells:
+        existing = len(optuna.load_study(study_name=cell.name, storage=storage).trials)
+        seed = exp.sweep["sampler"].get("seed", cell.base.config["seed"])
+        studies[cell.name] = optuna.load_study(
+            study_name=cell.name, storage=storage,
+            sampler=_sampler(exp.sweep["sampler"], _sampler_seed(seed, worker, existing),
+                             exp.sweep["params"]),
+            pruner=_pruner(exp.sweep["pruner"]))
+    return studies
+
+
+def sweep_worker(exp: Experiment, results: Path, url: str | None, budgets: dict, worker: int,
+                 console: Console, workers: int = 1) -> int:
+    """One worker's loop: each study in turn, until its budget is reached. Exit code."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    quiet_optuna()
+    storage = open_storage(exp, results, url, workers=True)
+    cells = study_cells(exp)
+    studies = _load_studies(exp, cells, storage, worker)
+    root = experiment_dir(results, exp.name)
+    prefix = f"[w{worker}] " if workers > 1 else ""
+    short = []
+    for cell in cells:
+        study, budget = studies[cell.name], budgets[cell.name]
+        objective = Objective(cell, exp.sweep["params"], budget, root, console, prefix)
+        failed_in_a_row = 0
+        while _finished(study, cell, budget, exp.sweep) is None:
+            objective.last = None
+            try:
+                # one trial per call: the budget is checked against every worker before each
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                               callbacks=[MaxTrialsCallback(
+                                   budget, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+            except KeyboardInterrupt:
+                console.print(f"[yellow]{prefix}interrupted: the trial's run is saved and its "
+                              f"parameters queued; run the same command to continue")
+                return 130
+            outcome = objective.last[1] if objective.last else None
+            failed_in_a_row = failed_in_a_row + 1 if outcome == "failed" else \
+                (0 if outcome in ("complete", "pruned") else failed_in_a_row)
+            if failed_in_a_row >= budget:
+                console.print(f"[red]{prefix}{cell.short}: {failed_in_a_row} trials failed in a "
+                              f"row; giving up on this study (the runs' status.json and "
+                              f"error.log say why)")
+                short.append(cell.name)
+                break
+    return 1 if short else 0
+
+
+def run_sweep(exp: Experiment, results: Path, console: Console, trials: int | None = None,
+              storage: str | None = None, workers: int = 1, argv: list[str] | None = None) -> int:
+    """Run (or continue) every study of the experiment to its budget.
+
+    With `workers` > 1 that many processes re-run this command (`argv`, the command line) as
+    workers (bench/run/workers.py); in a worker this is its loop over the studies.
+
+    Exit code: 0 every study reached its budget (or exhausted its grid, or other workers are
+    running its last trials), 1 a study is below its budget (it gave up after `trials` failures
+    in a row), 130 interrupted.
+    """
+    import optuna
+
+    sweep = require_sweep(exp)
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials {trials}: expected a positive number of trials per study")
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: expected at least 1")
+    cells = study_cells(exp)
+    if not cells:
+        console.print(f"[yellow]{exp.name}: no runs selected, nothing to sweep")
+        return 0
+    quiet_optuna()
+    url = storage_url(exp, results, storage)
+    budget = trials or sweep["trials"]
+    whole_grid = sweep["sampler"]["name"] == "grid" and budget > grid_size(sweep)
+    if whole_grid:
+        budget = grid_size(sweep)
+    budgets = {cell.name: budget for cell in cells}
+    slot = worker_slot()
+    if slot:  # the parent set the studies up
+        worker, count = slot
+        return sweep_worker(exp, results, url, budgets, worker, console, count)
+    root = experiment_dir(results, exp.name)
+    root.mkdir(parents=True, exist_ok=True)
+    if url and url.startswith("sqlite") and workers > 1:
+        console.print("[yellow]SQLite and parallel workers lock each other out; prefer the "
+                      "default journal file or postgresql://")
+    handle = open_storage(exp, results, url)
+    write_atomic(root / RECORD, json.dumps({"storage": url}, indent=2))
+    if whole_grid:
+        console.print(f"the grid has {grid_size(sweep)} points: {grid_size(sweep)} trials per "
+                      f"study")
+    studies = "study" if len(cells) == 1 else "studies"
+    console.print(f"[bold]{exp.name}[/]: {len(cells)} {studies} x {budget} trials "
+                  f"({sweep['sampler']['name']} sampler, {sweep['pruner']['name']} pruner), "
+                  f"objective {objective_text(cells)}; storage "
+                  f"{describe_storage(exp, results, url)}")
+    for cell in cells:
+        study = optuna.create_study(study_name=cell.name, storage=handle, load_if_exists=True,
+                                    direction=cell.direction)
+        if study.direction.name.lower() != cell.direction:
+            raise ConfigError(f"study {cell.name} exists with direction "
+                              f"{study.direction.name.lower()}, the sweep says {cell.direction}")
+        if not study.trials:
+            for params in sweep["enqueue"]:
+                study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
+        study.set_user_attr("budget", budget)
+        study.set_user_attr("metric", cell.metric)
+        study.set_user_attr("base_run", cell.base.id)
+        reap_dead_trials(study, root, console)
+        c = trial_counts(study)
+        console.print(f"  {cell.short}: {c['complete'] + c['pruned']}/{budget} done "
+                      f"({c['complete']} complete, {c['pruned']} pruned), {c['failed']} failed")
+    preflight([cell.base for cell in cells])
+    if workers == 1:
+        code = sweep_worker(exp, results, url, budgets, 0, console)
+    else:
+        code = _run_workers(sys.argv[1:] if argv is None else argv, workers, console)
+    if code == 130:
+        return code
+    for part in summary(exp, cells, handle, results):
+        console.print(part, highlight=False, soft_wrap=isinstance(part, str))
+    reasons = [_finished(optuna.load_study(study_name=c.name, storage=handle), c,
+                         budgets[c.name], sweep) for c in cells]
+    elsewhere = sum(r == RUNNING_ELSEWHERE for r in reasons)
+    if elsewhere:
+        console.print(f"{elsewhere} of the studies are finishing their last trials in other "
+                      f"workers")
+    if None in reasons:
+        console.print(f"[yellow]{reasons.count(None)} of the studies are below their budget: run "
+                      f"the same command to continue")
+    return 1 if code or None in reasons else 0
+
+
+def _run_workers(argv: list[str], workers: int, console: Console) -> int:
+    started = start_workers(argv, workers, ("--workers",))
+    console.print(f"started {workers} workers: pids {', '.join(str(p.pid) for p in started)}")
+    codes = wait_for_workers(started)
+    if codes is None or any(code == 130 for code in codes):
+        return 130
+    return 0 if all(code == 0 for code in codes) else 1

@@ -1,0 +1,10 @@
+"""How each device computes the binary term's attention (what it computes: lesa/binary.py).
+
+    sdpa.py       one `scaled_dot_product_attention` call on widened q/k (GPU; any device on
+                  request), also the windowed term's path
+    chunked.py    explicit logits at the real head width, chunked over queries (CPU training)
+    fused_cpu.py  the same as one hand-written kernel, fused_attention.cpp (CPU inference)
+
+All three give softmax_j(q_i.k_j / sqrt(d) + q_i.r_h[y_j - y_i] + q_i.r_w[x_j - x_i]) v_j and,
+on request, the diagonal weights a_ii or the diagonal removed.
+"""
