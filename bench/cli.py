@@ -77,7 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "csv", "latex", "json"],
                    help="print the tables in this format instead of rich tables")
     p.add_argument("--output", "-o", type=Path, help="write the export to this file")
-    p.add_argument("--plot", type=Path, metavar="FILE.png", help="bar chart of the ablation")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="chart of the ablation: each strategy's mean with its 95%% CI")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="the strategy every row is compared with (default: conv)")
+    p.add_argument("--min-effect", type=float, metavar="X",
+                   help="the difference (in the table's units, e.g. 1.0 = 1 point of "
+                   "accuracy) the 'seeds needed' column is computed for (default: the observed "
+                   "difference)")
     p.add_argument("--sweep", action="store_true", help="show the sweep studies instead")
 
     p = sub.add_parser("sweep", help="tune each strategy with an Optuna study")
@@ -145,7 +152,8 @@ def cmd_report(args, console: Console) -> int:
         from bench.sweep import print_sweep_report
 
         return print_sweep_report(exp, args.results, console)
-    return report.main(exp, args.results, console, args.format, args.output, args.plot)
+    return report.main(exp, args.results, console, args.format, args.output, args.plot,
+                       args.baseline, args.min_effect)
 
 
 def cmd_sweep(args, console: Console) -> int:

@@ -18,13 +18,14 @@ _EXPORTS = {"ARCHS": "backbone", "ResNet": "backbone", "build_backbone": "backbo
             "BinaryTerm": "binary", "RelativePosition2d": "binary",
             "LESA2d": "block", "record_shares": "block", "reset_shares": "block",
             "shares": "block", "FUSIONS": "fusion", "Fusion": "fusion", "register": "fusion",
-            "UnaryTerm": "unary", "fused_cpu": "kernels"}
+            "UnaryTerm": "unary", "fused_cpu": "kernels.fused_cpu"}
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'lesa' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    value = module if module.__name__.endswith(f".{name}") else getattr(module, name)
     globals()[name] = value
     return value

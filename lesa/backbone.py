@@ -8,13 +8,15 @@ keeps its strided conv.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .binary import BinaryTerm
+from .binary import BinaryTerm, RelativePosition2d
 from .block import LESA2d
 from .fusion import check_fusion
 from .names import unknown
@@ -44,12 +46,14 @@ ARCHS: dict[str, Arch] = {
 
 class Bottleneck(nn.Module):
     def __init__(self, in_channels: int, mid: int, out_channels: int, stride: int, dilation: int,
-                 fusion: str, heads: int, max_map_size: int, window: int | None = None):
+                 fusion: str, heads: int, max_map_size: int, window: int | None = None,
+                 fusion_options: dict | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.conv2 = LESA2d(mid, heads=heads, fusion=fusion, stride=stride, dilation=dilation,
-                            max_map_size=max_map_size, window=window)  # includes its BN
+                            max_map_size=max_map_size, window=window,
+                            **(fusion_options or {}))  # includes its BN
         self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
@@ -84,6 +88,61 @@ def _stem(kind: str, width: int, in_channels: int) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*layers), 1
 
 
+def module_seed(seed: int, name: str) -> int:
+    """A 64-bit seed from (seed, a module's qualified name): a module draws the same numbers in
+    every model that has it under that name, whatever else the model holds."""
+    digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _draw(param: torch.Tensor, init, generator: torch.Generator, **kwargs) -> None:
+    """param <- init(tensor of its shape, **kwargs, generator=generator), drawn on the
+    generator's device (CPU) and copied: the same numbers whatever device param lives on."""
+    draw = torch.empty(param.shape, dtype=param.dtype, device=generator.device)
+    init(draw, **kwargs, generator=generator)
+    param.copy_(draw)
+
+
+NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def seeded_init(model: nn.Module, seed: int) -> None:
+    """Initialise every module that holds parameters from its own generator, seeded with
+    `module_seed(seed, qualified name)`, with the distributions of the unseeded path: convs
+    kaiming normal (fan out; a bias as nn.Conv2d's default), norms ones / zeros, linear layers
+    nn.Linear's default, the relative position tables N(0, 1/dim), any other module its own
+    `reset_parameters` (under torch's RNG seeded the same way). Two models then hold
+    bit-identical tensors wherever a parameter has the same name and shape."""
+    for name, module in model.named_modules():
+        if next(module.parameters(recurse=False), None) is None:
+            continue
+        g = torch.Generator().manual_seed(module_seed(seed, name))
+        with torch.no_grad():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                if isinstance(module, nn.Conv2d):
+                    _draw(module.weight, nn.init.kaiming_normal_, g, mode="fan_out",
+                          nonlinearity="relu")
+                else:  # nn.Linear.reset_parameters
+                    _draw(module.weight, nn.init.kaiming_uniform_, g, a=math.sqrt(5))
+                if module.bias is not None:  # both layers' default bias
+                    fan_in = module.weight[0].numel()
+                    bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
+                    _draw(module.bias, nn.init.uniform_, g, a=-bound, b=bound)
+            elif isinstance(module, NORMS):
+                for param, value in ((module.weight, 1.0), (module.bias, 0.0)):
+                    if param is not None:
+                        param.fill_(value)
+            elif isinstance(module, RelativePosition2d):
+                module.reset_parameters(generator=g)
+            elif hasattr(module, "reset_parameters"):  # e.g. a registered strategy's own layer
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(module_seed(seed, name))
+                    module.reset_parameters()
+            else:
+                raise TypeError(f"{name} ({type(module).__name__}) holds parameters but has no "
+                                f"seeded initialisation: give it a reset_parameters() method")
+
+
 def _stage_window(window, stage: int) -> int | None:
     if isinstance(window, dict):  # keys may be ints (YAML) or strings (JSON)
         return window.get(stage, window.get(str(stage)))
@@ -106,13 +165,25 @@ class ResNet(nn.Module):
     backward pass instead of keeping them (`BinaryTerm.recompute`: memory O(L), not L x L), and
     every windowed one whose operands exceed its `chunk_bytes` rebuild them in checkpointed
     chunks of block rows.
+    `init_seed` (an int) initialises every module from its own generator, seeded with
+    (init_seed, its qualified name) (`seeded_init`): two models built with the same init_seed,
+    whatever their fusion strategies, hold bit-identical tensors wherever a parameter has the
+    same name and shape (a paired design: strategies differ only where they differ), and
+    building one leaves torch's global (CPU) RNG as it was. None (default): the modules draw
+    from torch's global RNG in construction order.
+    `fusion_options` (a mapping) goes to the attention stages' strategy, which takes the keys
+    it uses (e.g. {"weight": 0.3} for `static`).
     """
 
     def __init__(self, arch: Arch, fusion: str = "dynamic", num_classes: int | None = None,
                  heads: int = 8, output_stride: int = 32, attention_stages=(3, 4),
                  max_map_size: int = 64, in_channels: int = 3,
                  window: int | dict[int, int | None] | None = None,
-                 recompute_attention: bool = False, channels_last: bool = False):
+                 recompute_attention: bool = False, channels_last: bool = False,
+                 init_seed: int | None = None, fusion_options: dict | None = None):
+        if isinstance(init_seed, bool) or not isinstance(init_seed, (int, type(None))):
+            raise TypeError(f"init_seed must be an int or None, not {init_seed!r}")
+        global_rng = torch.get_rng_state() if init_seed is not None else None
         super().__init__()
         check_fusion(fusion)
         if output_stride not in (16, 32):
@@ -134,7 +205,7 @@ class ResNet(nn.Module):
                 stage_blocks.append(Bottleneck(
                     channels, mid, out_channels, block_stride, dilation,
                     fusion if use_attention else "conv", heads, max_map_size,
-                    _stage_window(window, stage)))
+                    _stage_window(window, stage), fusion_options if use_attention else None))
                 channels = out_channels
             setattr(self, f"layer{stage}", nn.Sequential(*stage_blocks))
             stride_so_far *= stride
@@ -143,7 +214,12 @@ class ResNet(nn.Module):
         self.out_channels = channels
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes) if num_classes else None
-        self._init_weights()
+        self.init_seed = init_seed
+        if init_seed is None:
+            self._init_weights()
+        else:
+            seeded_init(self, init_seed)
+            torch.set_rng_state(global_rng)  # what construction drew depends on the strategy
         for m in self.modules():
             if isinstance(m, BinaryTerm):
                 m.recompute = recompute_attention
@@ -181,8 +257,9 @@ def build_backbone(name: str, fusion: str = "dynamic", num_classes: int | None =
                    **kwargs) -> ResNet:
     """Build a backbone by name (`lesa.ARCHS`): resnet50, resnet26, wrn50, resnet_tiny (32x32
     inputs), resnet_small (128x128 inputs). kwargs go to `ResNet` (heads, output_stride,
-    attention_stages, max_map_size, in_channels, window, recompute_attention, channels_last)
-    and `stem` (imagenet, small or cifar) to replace the architecture's stem."""
+    attention_stages, max_map_size, in_channels, window, recompute_attention, channels_last,
+    init_seed, fusion_options) and `stem` (imagenet, small or cifar) to replace the
+    architecture's stem."""
     if name not in ARCHS:
         raise ValueError(unknown("backbone", name, ARCHS))
     arch = ARCHS[name]

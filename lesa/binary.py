@@ -34,8 +34,17 @@ class RelativePosition2d(nn.Module):
     def __init__(self, dim: int, max_map_size: int = 64):
         super().__init__()
         self.max_map_size = max_map_size
-        self.rel_h = nn.Parameter(torch.randn(2 * max_map_size - 1, dim) * dim**-0.5)
-        self.rel_w = nn.Parameter(torch.randn(2 * max_map_size - 1, dim) * dim**-0.5)
+        self.rel_h = nn.Parameter(torch.empty(2 * max_map_size - 1, dim))
+        self.rel_w = nn.Parameter(torch.empty(2 * max_map_size - 1, dim))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """N(0, 1/dim) entries, rel_h then rel_w, from `generator` (None: torch's global RNG)."""
+        with torch.no_grad():
+            for table in (self.rel_h, self.rel_w):
+                device = table.device if generator is None else generator.device
+                draw = torch.randn(table.shape, generator=generator, device=device)
+                table.copy_(draw * table.shape[1]**-0.5)
 
     def _logits(self, q: torch.Tensor, table: torch.Tensor, n: int, axis: int) -> torch.Tensor:
         # q: (B, heads, H, W, d). out[..., a_i, t] = q_i . table[t - a_i] for t in 0..n-1, with

@@ -15,14 +15,16 @@ class LESA2d(nn.Module):
     the strategy from `lesa.FUSIONS` (default: the paper's dynamic fusion), which takes the
     options it uses. `window` (an int) makes the binary term local (lesa/window.py): window x
     window query blocks with a halo of window // 2, for maps of any size (the tables then need
-    max_map_size >= 1.5 window).
+    max_map_size >= 1.5 window). Further keywords are strategy options (e.g. `weight` of
+    `static`), passed to the strategies that take them.
     """
 
     def __init__(self, channels: int, heads: int = 8, fusion: str = "dynamic", stride: int = 1,
-                 dilation: int = 1, max_map_size: int = 64, window: int | None = None):
+                 dilation: int = 1, max_map_size: int = 64, window: int | None = None,
+                 **fusion_options):
         super().__init__()
         self.fusion = build(fusion, channels, heads=heads, stride=stride, dilation=dilation,
-                            max_map_size=max_map_size, window=window)
+                            max_map_size=max_map_size, window=window, **fusion_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fusion(x)

@@ -17,7 +17,15 @@ the unary share of its output that `fuse` gives (a fraction; the reports show pe
     sum      U + B                                      unary share = 1/2
     dynamic  U + omega * B  (LESA)                      unary share = mean 1 / (1 + omega)
 
-In `sum` and `dynamic`, B keeps the diagonal, as in the released LESA code.
+and two controls for `dynamic` (is learning omega what helps?):
+
+    static          U + c * B, c fixed (0.5: the dynamic gate's mean at initialisation)
+                                                        unary share = 1 / (1 + c)
+    dynamic_frozen  dynamic with the gate's last BatchNorm frozen at gamma 1, beta 0: where
+                    omega is large is learnt, its per-channel level is not
+                                                        unary share = mean 1 / (1 + omega)
+
+In `sum`, `static` and the dynamic ones, B keeps the diagonal, as in the released LESA code.
 """
 from __future__ import annotations
 
@@ -221,9 +229,13 @@ class DynamicFusion(AttentionFusion):
             nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
             Pointwise(channels, channels),
-            nn.BatchNorm2d(channels),
+            self.last_norm(channels),
             nn.Sigmoid(),
         )
+
+    @staticmethod
+    def last_norm(channels: int) -> nn.Module:
+        return nn.BatchNorm2d(channels)
 
     def fuse(self, x):
         u = self.unary(x)
@@ -231,3 +243,34 @@ class DynamicFusion(AttentionFusion):
         omega = self.gate(torch.cat([u, b], dim=1))
         share = (1.0 / (1.0 + omega.detach())).mean() if self.record_shares else None
         return torch.addcmul(u, omega, b), share  # u + omega * b in one pass
+
+
+@register("static")
+class StaticFusion(AttentionFusion):
+    """U + c * B with a fixed c: the dynamic gate's output replaced by its mean at
+    initialisation (c = 0.5 = E[sigmoid(z)], z ~ N(0, 1)), nothing learnt about omega."""
+
+    def __init__(self, channels: int, *, heads: int = 8, stride: int = 1,
+                 max_map_size: int = 64, window: int | None = None, weight: float = 0.5):
+        super().__init__(channels, heads=heads, stride=stride, max_map_size=max_map_size,
+                         window=window)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"static fusion weight must be a number >= 0, got {weight!r}")
+        self.weight = float(weight)
+
+    def fuse(self, x):
+        return torch.add(self.unary(x), self.binary(x), alpha=self.weight), 1 / (1 + self.weight)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}"
+
+
+@register("dynamic_frozen")
+class FrozenGateFusion(DynamicFusion):
+    """`dynamic` with the gate's last BatchNorm frozen at gamma 1, beta 0 (affine=False): the
+    sigmoid's input stays standardised per channel, so the gate learns where omega is large
+    but not its level; the unary share stays near its built-in 68 % by construction."""
+
+    @staticmethod
+    def last_norm(channels: int) -> nn.Module:
+        return nn.BatchNorm2d(channels, affine=False)

@@ -187,11 +187,13 @@ def test_missing_and_invalid_files(tmp_path, capsys):
         main(["--debug", "run", str(broken), "--dry-run"])
 
 
-@pytest.mark.parametrize("name", ["quick", "cifar100_r50", "imagenet_r50"])
+@pytest.mark.parametrize("name", ["quick", "probes", "cifar100_r50", "imagenet_r50"])
 def test_shipped_experiments_build_every_run(name):
     """The GPU-scale files expand and every strategy's model builds (no data, no training)."""
     exp = load_experiment(ROOT / "experiments" / f"{name}.yaml")
-    assert {r.config["model"]["fusion"] for r in exp.runs} == set(lesa.FUSIONS)
+    # the controls of `dynamic` (static, dynamic_frozen) run in the probes
+    controls = set() if name == "probes" else {"static", "dynamic_frozen"}
+    assert {r.config["model"]["fusion"] for r in exp.runs} == set(lesa.FUSIONS) - controls
     built = set()
     for run in exp.runs:
         m = run.config["model"]
@@ -206,7 +208,7 @@ def test_shipped_experiments_build_every_run(name):
                           for x in model.modules())
         assert n_attention == (0 if key == "conv" else
                                8 if m["backbone"] == "resnet50" else n_attention)
-    if name != "quick":
+    if name not in ("quick", "probes"):
         recipe = exp.runs[0].config["optim"]
         assert (recipe["lr"], recipe["lr_batch"], recipe["weight_decay"],
                 recipe["warmup_epochs"], recipe["nesterov"]) == (0.05, 128, 8e-5, 5, True)

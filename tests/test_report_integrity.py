@@ -138,14 +138,14 @@ def test_partial_matrix_report_shows_n_and_what_is_missing(stored, tmp_path, cap
     exp, results, dirs = stored
     report = _json_report(exp, results, tmp_path)
     acc = _acc(report)
-    assert acc["conv"]["n"] == 3 and acc["conv"]["mean"] == pytest.approx(0.7)
+    assert acc["conv"]["n"] == 3 and acc["conv"]["mean"] == pytest.approx(70.0)  # in %
     assert acc["sum"]["n"] == 1 and acc["sum"]["states"] == {"done": 1, "failed": 1, "pending": 1}
     assert report["failed"] == [{"run": dirs[("sum", 1)].id, "reason": "RuntimeError: boom",
                                  "failure": "error"}]
     assert main(["report", str(exp), "--results", str(results)]) == 0
     text = _text(capsys)
     assert "70.00 ± 20.00 (n=3)" in text
-    assert "40.00 ± 0.00 (n=1) [1 failed, 1 pending]" in text
+    assert "40.00 (n=1) [1 failed, 1 pending]" in text  # n = 1: no std, no CI
     assert "60.0 ± 0.0 (n=3)" in text and "60.0 ± 0.0 (n=1)" in text  # shares show n too
     assert f"failed {dirs[('sum', 1)].id}: RuntimeError: boom" in text
     # every mean in the rich tables carries its n
@@ -164,7 +164,7 @@ def test_edited_config_is_flagged_and_left_out_of_the_means(stored, tmp_path, ca
     (edited.path / "config.yaml").write_text(yaml.safe_dump(config))
     report = _json_report(exp, results, tmp_path)
     acc = _acc(report)
-    assert acc["conv"]["n"] == 2 and acc["conv"]["mean"] == pytest.approx(0.6)
+    assert acc["conv"]["n"] == 2 and acc["conv"]["mean"] == pytest.approx(60.0)
     assert acc["conv"]["states"] == {"done": 2, "stale": 1}
     assert report["flagged"] == [{"run": edited.id, "state": "stale",
                                   "why": "its stored config.yaml no longer hashes to its id "
@@ -184,7 +184,7 @@ def test_damaged_config_and_missing_metrics_are_flagged(stored, tmp_path, capsys
     (dirs[("conv", 1)].path / "metrics.json").write_text("{ truncated")
     report = _json_report(exp, results, tmp_path)
     acc = _acc(report)
-    assert acc["conv"]["n"] == 1 and acc["conv"]["mean"] == pytest.approx(0.9)
+    assert acc["conv"]["n"] == 1 and acc["conv"]["mean"] == pytest.approx(90.0)
     assert acc["conv"]["states"] == {"stale": 1, "unreadable": 1, "done": 1}
     assert {f["run"]: f["state"] for f in report["flagged"]} == \
         {dirs[("conv", 0)].id: "stale", dirs[("conv", 1)].id: "unreadable"}

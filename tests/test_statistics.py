@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from bench.report.stats import (BETTER, NOT_RESOLVED, WORSE, best_rows, box_support, compare,
-                                compare_all, describe, holm, paired_bootstrap, seeds_needed,
+                                compare_all, describe, holm, seeds_needed,
                                 verdict)
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -234,58 +234,6 @@ def test_best_rows_two_not_resolved_are_both_best():
     assert best_rows({"only": {0: 1.0}, "empty": {}}) == {"only"}
 
 
-# --- paired bootstrap -------------------------------------------------------------------------
-def _mean(records: list) -> float:
-    return float(np.mean(records))
-
-
-def test_bootstrap_identical_predictions_give_exactly_zero():
-    rng = np.random.default_rng(0)
-    scores = list(rng.uniform(0, 1, size=40))
-    res = paired_bootstrap({"a": scores, "b": list(scores)}, _mean, n_resamples=200, seed=1)
-    d = res.differences[("a", "b")]
-    assert d.estimate == 0.0 and d.ci_low == 0.0 and d.ci_high == 0.0
-    assert res.method == "percentile" and res.n_images == 40
-    assert res.strategies["a"] == res.strategies["b"]
-    assert res.strategies["a"].ci_low < res.strategies["a"].ci_high
-
-
-def test_bootstrap_higher_on_every_image_gives_a_difference_above_zero():
-    rng = np.random.default_rng(1)
-    base = rng.uniform(0, 1, size=60)  # a large spread between images
-    better = base + rng.uniform(0.01, 0.03, size=60)  # a small gain on every image
-    res = paired_bootstrap({"conv": list(base), "lesa": list(better)}, _mean, baseline="conv")
-    d = res.differences[("lesa", "conv")]
-    assert d.ci_low > 0 and d.excludes_zero
-    # the pairing is what resolves it: each strategy's own interval overlaps the other's
-    assert res.strategies["lesa"].ci_low < res.strategies["conv"].ci_high
-    assert set(res.differences) == {("lesa", "conv")}
-
-
-def test_bootstrap_same_seed_same_result_and_records_are_generic():
-    # records are dicts (like per-image detections); the statistic sees the resampled list
-    rng = np.random.default_rng(2)
-    per_image = {name: [{"tp": int(t), "n": 3} for t in rng.integers(0, 4, size=30)]
-                 for name in ("conv", "sa", "lesa")}
-
-    def recall(records: list) -> float:
-        return sum(r["tp"] for r in records) / sum(r["n"] for r in records)
-
-    one = paired_bootstrap(per_image, recall, n_resamples=300, seed=7)
-    two = paired_bootstrap(per_image, recall, n_resamples=300, seed=7)
-    other = paired_bootstrap(per_image, recall, n_resamples=300, seed=8)
-    assert one == two
-    assert one.strategies["sa"] != other.strategies["sa"]
-    assert set(one.differences) == {("conv", "sa"), ("conv", "lesa"), ("sa", "lesa")}
-    assert one.strategies["conv"].estimate == pytest.approx(recall(per_image["conv"]))
-
-
-def test_bootstrap_rejects_different_image_counts():
-    with pytest.raises(ValueError):
-        paired_bootstrap({"a": [1.0, 2.0], "b": [1.0]}, _mean)
-
-
-# --- size buckets and imports -----------------------------------------------------------------
 def test_box_support_flags_small_buckets():
     small = box_support(18)
     assert small.too_few and "18" in small.note

@@ -17,7 +17,9 @@ class ConfigError(ValueError):
     """A bad experiment file or override; the message names the key path, value and choices."""
 
 
-FUSION_NAMES = ("conv", "sa", "binary", "unary", "softmax", "sum", "dynamic")
+# the last two are controls for `dynamic` (docs/library.md)
+FUSION_NAMES = ("conv", "sa", "binary", "unary", "softmax", "sum", "dynamic", "static",
+                "dynamic_frozen")
 BACKBONE_NAMES = ("resnet_tiny", "resnet_small", "resnet26", "resnet50", "wrn50")
 
 DEFAULTS: dict = {
@@ -26,7 +28,8 @@ DEFAULTS: dict = {
     "data": dict(COMMON_OPTIONS),
     "model": {"backbone": "resnet_tiny", "fusion": "dynamic", "heads": 8, "output_stride": 32,
               "attention_stages": [3, 4], "max_size": 64, "stem": None, "window": None,
-              "recompute_attention": False, "channels_last": False},
+              "recompute_attention": False, "channels_last": False,
+              "static_weight": 0.5},  # c of `static` (U + c * B)
     "optim": {"name": "sgd", "lr": 0.1, "lr_batch": None, "momentum": 0.9, "nesterov": True,
               "weight_decay": 5e-4, "warmup_epochs": 1.0, "label_smoothing": 0.0},
     "trainer": {"max_epochs": 10, "accelerator": "cpu", "devices": 1, "strategy": "auto",
@@ -52,12 +55,14 @@ NOT_IN_ID = {("data", "num_workers"), ("trainer", "log_every_n_steps"),
              ("trainer", "checkpoint_every_n_steps")}
 # keys added after runs were stored: in the id only when set away from this (their default)
 # value, so the runs stored before them keep their ids
-ID_WHEN_SET = {("model", "channels_last"): False}  # changes the gradients' rounding
+ID_WHEN_SET = {("model", "channels_last"): False,  # changes the gradients' rounding
+               ("model", "static_weight"): 0.5}
 # numbers that Lightning accepts as int or float
 INT_OR_FLOAT = {"trainer.limit_train_batches", "trainer.limit_val_batches",
                 "trainer.limit_test_batches", "optim.warmup_epochs"}
 POSITIVE = {"data.batch_size", "trainer.max_epochs", "trainer.devices", "model.heads",
             "optim.lr", "model.max_size"}
+NON_NEGATIVE = {"data.split_seed", "model.static_weight"}
 TOP_LEVEL = ("name", "seed", "data", "model", "optim", "trainer", "matrix", "sweep",
              "description")
 
@@ -109,6 +114,9 @@ def _check_value(path: str, value, default) -> None:
                           f"{value!r}")
     if path in POSITIVE and value <= 0:
         raise ConfigError(f"{path}: must be positive, got {value!r}")
+    if path in NON_NEGATIVE and value < 0:
+        kind = "a number" if isinstance(default, float) else "an integer"
+        raise ConfigError(f"{path}: must be {kind} >= 0, got {value!r}")
 
 
 def _merge(base: dict, update: dict, schema: dict, prefix: str) -> None:

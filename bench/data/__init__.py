@@ -4,12 +4,15 @@ This file is import-light on purpose (no torch): the config validator and `--dry
 dataset names, their task and their options from DATASETS without building anything.
 
 A file per dataset family: digits.py, images.py (CIFAR, ImageFolder), scenes.py
-(digit_scenes), coco.py; all derive from base.SeededDataModule. Contract for every datamodule
-class named here:
+(digit_scenes), coco.py, probes.py; all derive from base.SeededDataModule. Contract for every
+datamodule class named here:
 
     class SomeData(SeededDataModule):
-        def __init__(self, *, seed, root, download, batch_size, num_workers, **options): ...
+        def __init__(self, *, seed, split_seed, root, download, batch_size, num_workers,
+                     **options): ...
             # options: exactly the keys of its DatasetSpec.options
+            # seed: the run's (training order, augmentation, fresh training canvases);
+            # split_seed: the val/test split, the same for every seed and strategy
         num_classes: int; in_channels: int    (known after __init__)
         def check(self) -> None:               # raise DataError on unusable input, before training
 """
@@ -32,9 +35,10 @@ class DatasetSpec:
     options: dict = field(default_factory=dict)  # dataset-specific data.* keys and defaults
 
 
-# keys every dataset takes
+# keys every dataset takes; split_seed draws the val/test split (and digit_scenes' val/test
+# canvases) apart from the run seed, so every seed and strategy is measured on the same images
 COMMON_OPTIONS = {"name": "digits", "root": None, "download": False, "batch_size": 64,
-                  "num_workers": 0}
+                  "num_workers": 0, "split_seed": 0}
 
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("classification", "digits:DigitsData", {
@@ -51,6 +55,13 @@ DATASETS: dict[str, DatasetSpec] = {
         "image_size": 128, "train_images": 800, "val_images": 32, "test_images": 128,
         "objects": [3, 10], "object_size": [6, 32], "distractors": [2, 6],
         "fresh_train": True}),
+    # probes (bench/data/probes.py, docs/probes.md): one kind of cue decides the label
+    "probe_context": DatasetSpec("classification", "probes:ContextProbeData", {
+        "image_size": 16, "width": 56, "digit_size": 10, "jitter": 3, "classes": 10,
+        "train_images": 2000, "val_images": 500, "test_images": 1000}),
+    "probe_local": DatasetSpec("classification", "probes:LocalProbeData", {
+        "image_size": 32, "digit_size": [12, 16], "distractors": [2, 4],
+        "train_images": 2000, "val_images": 500, "test_images": 1000}),
     # paths relative to data.root unless absolute; test: null/unset -> val is the test split
     "coco": DatasetSpec("detection", "coco:COCOData", {
         "train": {"images": "train", "annotations": "annotations/train.json"},

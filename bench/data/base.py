@@ -1,6 +1,9 @@
 """The datamodule base every dataset family derives from: seeded batching and the split.
 
-Every loader draws its randomness from the run's seed alone, through `SeededBatches`: the
+Two seeds, kept apart (a paired design): `split_seed` draws whatever defines the val and test
+sets (the datasets' splits, digit_scenes' val/test canvases), so they are the same for every run
+seed and strategy; the run's `seed` draws everything about training. Every loader draws its
+randomness from the run's seed alone, through `SeededBatches`: the
 sampler (which always runs in the main process) hands the dataset a `BatchKey` holding one whole
 batch's indices and its own augmentation seed. Batches are therefore the same whatever
 `num_workers` is, and an epoch's batches depend only on (seed, epoch), so a run resumed at epoch
@@ -119,8 +122,8 @@ class SeededDataModule(L.LightningDataModule):
     dataset_name: str
     in_channels = 3
 
-    def __init__(self, *, seed, root=None, download=False, batch_size=64, num_workers=0,
-                 **options):
+    def __init__(self, *, seed, split_seed=0, root=None, download=False, batch_size=64,
+                 num_workers=0, **options):
         super().__init__()
         allowed = DATASETS[self.dataset_name].options
         unknown = sorted(set(options) - set(allowed))
@@ -129,6 +132,9 @@ class SeededDataModule(L.LightningDataModule):
                             f"it takes {', '.join(allowed)}")
         self.options = {**allowed, **options}
         self.seed = int(seed)
+        if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+            raise ValueError(f"data.split_seed must be an integer >= 0, got {split_seed!r}")
+        self.split_seed = split_seed  # the val/test split; the run seed never touches it
         self.root = Path(root).expanduser() if root is not None else None
         self.download = bool(download)
         self.batch_size = positive_int("batch_size", batch_size)

@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="symlink the images instead of copying them")
     p = sub.add_parser("digit-scenes", help="write the embedded digit_scenes canvases as COCO")
     p.add_argument("dst", type=Path, help="output folder (COCO layout)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="draws every split's canvases (split_seed too, unless --set split_seed=N)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a digit_scenes option, e.g. --set train_images=64 (repeatable)")
 
@@ -73,7 +74,8 @@ def run(args) -> int:
         for text in args.set:
             key, _, value = text.partition("=")
             options[key.strip()] = yaml.safe_load(value)
-        folder = DigitScenesData(seed=args.seed, **options).write_coco(args.dst)
+        scenes = DigitScenesData(seed=args.seed, **{"split_seed": args.seed, **options})
+        folder = scenes.write_coco(args.dst)
         print(f"wrote {folder} (train/, val/, test/, annotations/)")
         return 0
     raise ValueError(f"unknown dataset {args.dataset!r}")

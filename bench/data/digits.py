@@ -26,9 +26,10 @@ class DigitsTransform:
 class DigitsData(ClassificationData):
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, no download).
 
-    Stratified train/val/test split drawn from the seed; images upsampled once to
-    `image_size` and served as 3 identical channels, normalised with the train split's
-    mean/std; training augmentation is a small random affine applied per batch.
+    Stratified train/val/test split drawn from data.split_seed (the same for every run seed);
+    images upsampled once to `image_size` and served as 3 identical channels, normalised with
+    the train split's mean/std; training augmentation is a small random affine applied per
+    batch (drawn from the run seed).
     """
 
     dataset_name = "digits"
@@ -53,8 +54,8 @@ class DigitsData(ClassificationData):
         images = F.interpolate(images, size=self.image_size, mode="bilinear",
                                align_corners=False).clamp_(0, 1)
         labels = torch.from_numpy(digits.target).long()
-        train, val, test = stratified_split(digits.target, [self.val_fraction,
-                                                            self.test_fraction], self.seed)
+        train, val, test = stratified_split(
+            digits.target, [self.val_fraction, self.test_fraction], self.split_seed)
         self.split_indices = {"train": train, "val": val, "test": test}
         train_images = images[train]
         mean, std = train_images.mean().item(), train_images.std().item()

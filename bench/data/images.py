@@ -35,7 +35,8 @@ class CIFARTransform:
 
 
 class _CIFARData(ClassificationData):
-    """CIFAR in its python (pickle) format under `root`; val is split off the official train set.
+    """CIFAR in its python (pickle) format under `root`; val is split off the official train set
+    (drawn from data.split_seed, the same for every run seed).
 
     A subclass names its release: where its files lie and how its images are normalised.
     """
@@ -125,7 +126,7 @@ class _CIFARData(ClassificationData):
                             f"0..{self.num_classes - 1}: its batch files are damaged or not "
                             f"{self.title}; replace them (or delete the folder and set "
                             f"data.download: true)")
-        train, val = stratified_split(labels.numpy(), [self.val_fraction], self.seed)
+        train, val = stratified_split(labels.numpy(), [self.val_fraction], self.split_seed)
         eval_transform = CIFARTransform(self.mean, self.std, self.image_size, augment=False)
         self.train_set = TensorBatches(
             images[train], labels[train],

@@ -1,5 +1,5 @@
 """`digit_scenes`, the embedded detection default: handwritten digits drawn small on cluttered
-canvases among distractors, rendered from the seed (no download)."""
+canvases among distractors, rendered from seeds (no download)."""
 from __future__ import annotations
 
 import json
@@ -207,9 +207,11 @@ class DigitScenesData(DetectionData):
     at data.object_size px on cluttered `image_size` canvases, with distractors; 10 classes.
 
     Each split draws its digits from its own part of the 1797 source digits (a stratified
-    split), so test digits are handwriting the model never saw. Canvas i of a split is
-    rendered from the generator seeded with (seed, split, i): the same seed gives the same
-    canvases, whatever the split sizes. `write_coco(folder)` saves them as a COCO folder.
+    split drawn from data.split_seed), so test digits are handwriting the model never saw.
+    Canvas i of val or test is rendered from the generator seeded with (split_seed, split, i),
+    so every run seed and strategy is measured on the same canvases; canvas i of the fixed
+    training set (fresh_train: false) from (seed, split, i), the run's seed. Either way canvas
+    i does not depend on the split sizes. `write_coco(folder)` saves them as a COCO folder.
 
     With data.fresh_train (the default) training canvases are rendered anew for every batch
     (`FreshScenes`): train_images is then the number of canvases per epoch, each epoch brings
@@ -252,7 +254,7 @@ class DigitScenesData(DetectionData):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        parts = dict(zip(SPLITS, stratified_split(digits.target, [0.2, 0.2], self.seed)))
+        parts = dict(zip(SPLITS, stratified_split(digits.target, [0.2, 0.2], self.split_seed)))
         pool = parts[split]
         return SceneRenderer(digits.images[pool] / 16.0, digits.target[pool], self.image_size,
                              self.objects, self.object_size, self.distractors)
@@ -261,7 +263,9 @@ class DigitScenesData(DetectionData):
         if split not in self.scenes:
             renderer = self.renderer(split)
             code = SPLITS.index(split)
-            self.scenes[split] = [renderer.render(np.random.default_rng([self.seed, code, i]))
+            # training data follows the run seed; what runs are measured on, the split seed
+            seed = self.seed if split == "train" else self.split_seed
+            self.scenes[split] = [renderer.render(np.random.default_rng([seed, code, i]))
                                   for i in range(self.counts[split])]
         return self.scenes[split]
 
@@ -306,7 +310,8 @@ class DigitScenesData(DetectionData):
                                         "category_id": int(label),
                                         "bbox": [round(v, 3) for v in (x0, y0, w, h)],
                                         "area": round(w * h, 3), "iscrowd": 0})
-            info = {"description": f"digit_scenes {split}, seed {self.seed}",
+            info = {"description": f"digit_scenes {split}, seed {self.seed}, split seed "
+                                   f"{self.split_seed}",
                     "options": {k: v for k, v in self.options.items()}}
             payload = {"info": info, "images": images, "annotations": annotations,
                        "categories": self.categories}

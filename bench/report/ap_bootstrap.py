@@ -134,13 +134,13 @@ def average_precision(m: Matches, weights: np.ndarray, area: int = 0,
     per_class = []
     for c in range(len(m.classes)):
         n_pos = weights @ m.gt_count[area, :, c]  # (B,)
-        sel = m.det_class == c
-        w = weights[:, m.det_image[sel]]  # (B, Dc)
+        sel = np.flatnonzero(m.det_class == c)
+        image = m.det_image[sel]
         for t in thresholds:
             counted = m.counted[area, t, sel]
-            tp = np.cumsum(w * (m.tp[area, t, sel] & counted), axis=1)
-            fp = np.cumsum(w * (~m.tp[area, t, sel] & counted), axis=1)
-            per_class.append(_interpolated(tp, fp, n_pos))
+            is_tp = m.tp[area, t, sel] & counted
+            tp, total = _counts_at_true_positives(weights, image, is_tp, counted, m.n_images)
+            per_class.append(_interpolated(tp, total - tp, n_pos))
     ap = np.array(per_class)  # (C x T, B), NaN where a class has no counted box
     valid = ~np.isnan(ap)
     total = np.where(valid, ap, 0.0).sum(0)
@@ -148,20 +148,48 @@ def average_precision(m: Matches, weights: np.ndarray, area: int = 0,
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def _counts_at_true_positives(weights, image, is_tp, counted, n_images):
+    """Weighted cumulative true positives and counted detections (B, K) at the K true
+    positives of one class (in score order). The interpolated precision needs no other point:
+    precision peaks at a true positive, and recall rises only there. Per image counts up to
+    each true positive, then one product with the draw counts: O(B x images x K), not
+    O(B x detections)."""
+    cols = np.flatnonzero(is_tp)
+    first = np.searchsorted(cols, np.arange(len(image)), side="left")  # first TP at or after d
+    per_image = []
+    for mask in (is_tp, counted):
+        keep = mask & (first < len(cols))
+        counts = np.zeros((n_images, len(cols)))
+        np.add.at(counts, (image[keep], first[keep]), 1.0)
+        per_image.append(np.cumsum(counts, axis=1))
+    return weights @ per_image[0], weights @ per_image[1]
+
+
 def _interpolated(tp: np.ndarray, fp: np.ndarray, n_pos: np.ndarray) -> np.ndarray:
+    """pycocotools' 101-point interpolated precision for every resample (row) at once."""
     out = np.full(len(n_pos), np.nan)
-    for b in np.flatnonzero(n_pos > 0):
-        if tp.shape[1] == 0:
-            out[b] = 0.0
-            continue
-        recall = tp[b] / n_pos[b]
-        precision = tp[b] / (tp[b] + fp[b] + np.spacing(1))  # as pycocotools
-        precision = np.maximum.accumulate(precision[::-1])[::-1]
-        idx = np.searchsorted(recall, RECALL_THRESHOLDS, side="left")
-        q = np.zeros(len(RECALL_THRESHOLDS))
-        ok = idx < len(recall)
-        q[ok] = precision[idx[ok]]
-        out[b] = q.mean()
+    rows = np.flatnonzero(n_pos > 0)
+    if len(rows) == 0:
+        return out
+    if tp.shape[1] == 0:
+        out[rows] = 0.0
+        return out
+    tp, fp = tp[rows], fp[rows]
+    recall = tp / n_pos[rows, None]
+    precision = tp / (tp + fp + np.spacing(1))  # as pycocotools
+    precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+    n_rows, n_det = recall.shape
+    # searchsorted(recall[b], thresholds, "left") for every row b at once, with exact float
+    # comparisons: complex numbers sort by (real, imag), so (row, recall) keys stay in order
+    keys = np.empty(recall.shape, np.complex128)
+    keys.real, keys.imag = np.arange(n_rows)[:, None], recall
+    queries = np.empty((n_rows, len(RECALL_THRESHOLDS)), np.complex128)
+    queries.real, queries.imag = np.arange(n_rows)[:, None], RECALL_THRESHOLDS[None, :]
+    idx = np.searchsorted(keys.ravel(), queries.ravel(), side="left").reshape(n_rows, -1)
+    idx -= np.arange(n_rows)[:, None] * n_det
+    ok = idx < n_det
+    q = np.where(ok, np.take_along_axis(precision, np.minimum(idx, n_det - 1), 1), 0.0)
+    out[rows] = q.mean(1)
     return out
 
 

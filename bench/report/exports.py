@@ -1,34 +1,94 @@
-"""The report as text for other tools: JSON (every cell), CSV, Markdown and LaTeX."""
+"""The report as text for other tools: JSON (every cell with its per-seed values, CI,
+comparison and verdict, plus the detection bootstrap), CSV (one line per cell), Markdown and
+LaTeX (the terminal's tables, from the same builder: bench/report/views.py)."""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 
 from bench.config import Experiment
-from bench.report.records import (ABLATION_METRICS, COST_METRICS, FLAGGED, SHARE_METRICS,
-                                  RunRecord, ablation_rows, build_cells, cell_text,
-                                  dataset_names, environments, flag_lines, flagged)
+from bench.report.analysis import Analysis, Row, analyse
+from bench.report.records import FLAGGED, RunRecord, environments, flag_lines, flagged
+from bench.report.views import LEGEND, tables
 from bench.store import RunState
-from bench.tasks import TASKS
+
+COMPARISON_KEYS = ("baseline", "method", "paired", "n_pairs", "diff", "ci_low", "ci_high", "p",
+                   "p_wilcoxon", "p_adjusted", "effect_size", "verdict", "seeds_needed", "note")
 
 
-def export_records(exp: Experiment, records: list[RunRecord]) -> dict:
-    """Every cell of every table with mean, std, n and run states (the JSON export)."""
-    all_metrics = {task: tuple(dict.fromkeys(spec.metrics + SHARE_METRICS[task] +
-                                             COST_METRICS[task]))
-                   for task, spec in TASKS.items()}
-    cells = build_cells(records, all_metrics)
-    out = []
-    for dataset, by_metric in cells.items():
-        for metric, by_row in by_metric.items():
-            for row, cell in by_row.items():
-                out.append({"strategy": row, "dataset": dataset, "metric": metric,
-                            "mean": cell.mean, "std": cell.std, "n": cell.n,
-                            "values": cell.values, "states": cell.states})
-    return {"experiment": exp.name, "runs": len(records),
-            "states": {s: sum(r.state == s for r in records) for s in {r.state for r in records}},
-            "cells": out,
+def _finite(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def _comparison(row: Row) -> dict | None:
+    c = row.comparison
+    if c is None:
+        return None
+    return {key: _finite(getattr(c, key)) for key in COMPARISON_KEYS}
+
+
+def _cell(a: Analysis, dataset: str, metric: str, row: Row) -> dict:
+    s = row.stats
+    try:
+        seeds = sorted(s.values)
+    except TypeError:  # seeds of mixed types
+        seeds = sorted(s.values, key=str)
+    return {"strategy": row.name, "dataset": dataset, "metric": metric,
+            "unit": a.column(dataset, metric).unit, "n": s.n, "mean": s.mean, "std": s.std,
+            "ci_low": s.ci_low, "ci_high": s.ci_high, "confidence": s.confidence, "note": s.note,
+            "seeds": seeds, "values": [s.values[k] for k in seeds],
+            "states": dict(sorted(row.cell.states.items())), "best": row.best,
+            "is_baseline": row.is_baseline, "comparison": _comparison(row)}
+
+
+def _interval(iv) -> dict | None:
+    if iv is None:
+        return None
+    return {"estimate": _finite(iv.estimate), "ci_low": _finite(iv.ci_low),
+            "ci_high": _finite(iv.ci_high), "nan_resamples": iv.nan_resamples}
+
+
+def _bootstrap(a: Analysis) -> dict:
+    out = {}
+    for dataset, b in sorted(a.bootstrap.items()):
+        out[dataset] = {
+            "n_images": b.n_images, "n_resamples": b.n_resamples, "seed": b.seed,
+            "confidence": b.confidence, "method": "percentile, paired over test images",
+            "baseline": b.baseline, "note": b.note,
+            "strategies": {name: {"seeds": s.seeds,
+                                  "intervals": {k: _interval(v) for k, v in s.intervals.items()},
+                                  "differences": {k: _interval(v)
+                                                  for k, v in s.differences.items()}}
+                           for name, s in b.strategies.items()}}
+    return out
+
+
+def _buckets(a: Analysis) -> dict:
+    from bench.report.records import AITOD_BUCKETS
+
+    return {dataset: {name: {"range_px": list(AITOD_BUCKETS[name]),
+                             "n_boxes": s.n_boxes if s else None,
+                             "too_few": s.too_few if s else None,
+                             "threshold": s.threshold if s else None,
+                             "note": s.note if s else "no predictions.npz to count boxes from"}
+                      for name, s in by_name.items()}
+            for dataset, by_name in sorted(a.buckets.items())}
+
+
+def export_records(exp: Experiment, records: list[RunRecord],
+                   analysis: Analysis | None = None) -> dict:
+    """Everything the tables show, and the per-seed values behind it (the JSON export)."""
+    a = analysis or analyse(exp, records)
+    cells = [_cell(a, d, m, row) for (d, m), col in a.columns.items() for row in col.rows.values()]
+    states: dict[str, int] = {}
+    for r in records:
+        states[str(r.state)] = states.get(str(r.state), 0) + 1
+    return {"experiment": exp.name, "runs": len(records), "states": dict(sorted(states.items())),
+            "baseline": a.baseline, "baseline_note": a.baseline_note, "alpha": a.alpha,
+            "min_effect": a.min_effect, "cells": cells, "buckets": _buckets(a),
+            "bootstrap": _bootstrap(a),
             "failed": [{"run": r.run.id, "reason": r.status.get("error"),
                         "failure": r.status.get("failure")}
                        for r in records if r.state == RunState.FAILED],
@@ -38,38 +98,85 @@ def export_records(exp: Experiment, records: list[RunRecord]) -> dict:
                              for label, ids in environments(records).items()]}
 
 
-def export_text(exp, records, fmt: str) -> str:
-    """The report in `fmt`: json, csv, md or latex."""
-    if fmt == "json":
-        return json.dumps(export_records(exp, records), indent=2)
-    header, body = ablation_rows(build_cells(records, ABLATION_METRICS),
-                                 dataset_names(records))
-    rows = [[line[0]] + [cell_text(v) for v in line[1:]] for line in body]
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["strategy", "dataset", "metric", "mean", "std", "n", "states"])
-        for item in export_records(exp, records)["cells"]:
-            writer.writerow([item["strategy"], item["dataset"], item["metric"], item["mean"],
-                             item["std"], item["n"], json.dumps(item["states"])])
-        return buf.getvalue()
-    if fmt == "md":
-        lines = ["| " + " | ".join(header) + " |",
-                 "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        notes = [f"failed: {r.run.id}: {r.status.get('error')}" for r in records
-                 if r.state == RunState.FAILED] + [f"flagged: {line}" for line in flag_lines(records)]
-        envs = environments(records)
-        if len(envs) > 1:
-            notes += [f"mixed environments: {label}: {len(ids)} run(s)"
-                      for label, ids in envs.items()]
-        if notes:
-            lines += [""] + [f"- {note}" for note in notes]
-        return "\n".join(lines) + "\n"
-    # latex
-    esc = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$").replace("Δ", r"$\Delta$")  # noqa
-    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
-             " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-    lines += [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
-    lines += [r"\bottomrule", r"\end{tabular}"]
+CSV_HEADER = ["strategy", "dataset", "metric", "unit", "n", "mean", "std", "ci_low", "ci_high",
+              "baseline", "diff", "diff_ci_low", "diff_ci_high", "p", "p_wilcoxon", "p_adjusted",
+              "effect_size", "method", "verdict", "seeds_needed", "best", "seeds", "values",
+              "states", "note"]
+
+
+def _csv(a: Analysis, report: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for item in report["cells"]:
+        c = item["comparison"] or {}
+        writer.writerow([item["strategy"], item["dataset"], item["metric"], item["unit"],
+                         item["n"], item["mean"], item["std"], item["ci_low"], item["ci_high"],
+                         c.get("baseline"), c.get("diff"), c.get("ci_low"), c.get("ci_high"),
+                         c.get("p"), c.get("p_wilcoxon"), c.get("p_adjusted"),
+                         c.get("effect_size"), c.get("method"),
+                         "baseline" if item["is_baseline"] else c.get("verdict"),
+                         c.get("seeds_needed"), item["best"], json.dumps(item["seeds"]),
+                         json.dumps(item["values"]), json.dumps(item["states"]),
+                         "; ".join(filter(None, [item["note"], c.get("note")]))])
+    # the bootstrap over test images: metric "bootstrap/<statistic>", the same columns
+    for dataset, b in report["bootstrap"].items():
+        for name, s in b["strategies"].items():
+            for stat, iv in s["intervals"].items():
+                d = s["differences"].get(stat) or {}
+                writer.writerow([name, dataset, f"bootstrap/{stat}", "%", len(s["seeds"]),
+                                 iv["estimate"], None, iv["ci_low"], iv["ci_high"],
+                                 b["baseline"] if d else None, d.get("estimate"),
+                                 d.get("ci_low"), d.get("ci_high"), None, None, None, None,
+                                 f"paired bootstrap over {b['n_images']} test images", None,
+                                 None, None, json.dumps(s["seeds"]), None, None, b["note"]])
+    return buf.getvalue()
+
+
+def _md(a: Analysis, records: list[RunRecord]) -> str:
+    lines = []
+    for dataset in a.datasets:
+        for t in tables(a, dataset):
+            lines += [f"**{t.title}**", "", "| " + " | ".join(t.header) + " |",
+                      "|" + "|".join(["---"] + ["---:"] * (len(t.header) - 1)) + "|"]
+            lines += ["| " + " | ".join(f"**{c}**" if best and c else c for c in r) + " |"
+                      for r, best in zip(t.rows, t.best)]
+            lines += [""] + [f"- {n}" for n in t.notes] + ([""] if t.notes else [])
+    notes = [f"failed: {r.run.id}: {r.status.get('error')}" for r in records
+             if r.state == RunState.FAILED] + [f"flagged: {line}" for line in flag_lines(records)]
+    envs = environments(records)
+    if len(envs) > 1:
+        notes += [f"mixed environments: {label}: {len(ids)} run(s)" for label, ids in envs.items()]
+    lines += [f"- {n}" for n in notes + ([LEGEND] if a.datasets else [])]
     return "\n".join(lines) + "\n"
+
+
+def _latex(a: Analysis) -> str:
+    def esc(s: str) -> str:
+        for old, new in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"),
+                         ("&", r"\&"), ("#", r"\#"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"),
+                         ("†", r"$^\dagger$")):
+            s = s.replace(old, new)
+        return s
+
+    lines = []
+    for dataset in a.datasets:
+        for t in tables(a, dataset):
+            lines += [f"% {esc(t.title)}", r"\begin{tabular}{l" + "r" * (len(t.header) - 1) + "}",
+                      r"\toprule", " & ".join(esc(h) for h in t.header) + r" \\", r"\midrule"]
+            lines += [" & ".join(r"\textbf{" + esc(c) + "}" if best and c else esc(c)
+                                 for c in r) + r" \\" for r, best in zip(t.rows, t.best)]
+            lines += [r"\bottomrule", r"\end{tabular}"] + [f"% {esc(n)}" for n in t.notes] + [""]
+    return "\n".join(lines) + "\n"
+
+
+def export_text(exp, records, fmt: str, analysis: Analysis | None = None) -> str:
+    """The report in `fmt`: json, csv, md or latex."""
+    a = analysis or analyse(exp, records)
+    if fmt == "json":
+        return json.dumps(export_records(exp, records, a), indent=2, sort_keys=True)
+    if fmt == "csv":
+        return _csv(a, export_records(exp, records, a))
+    if fmt == "md":
+        return _md(a, records)
+    return _latex(a)

@@ -1,8 +1,9 @@
 """Reading the results store for the reports: one record per run, the runs that cannot be
 trusted (flagged), and cells that aggregate a metric over seeds.
 
-Cells aggregate seeds: mean +- std with n. A cell whose runs are not all done says so
-(running / failed / missing); a missing value is never shown as 0. No torch here.
+Cells aggregate seeds ({seed: value}, for the seed-paired statistics in analysis.py). A cell
+whose runs are not all done says so (running / failed / missing); a missing value is never
+shown as 0. No torch here.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ FLAGGED = {
 ABLATION_METRICS = {"classification": ("test/acc1",),
                     "detection": ("test/map_50", "test/map", "test/ap_vt", "test/ap_t",
                                   "test/ap_s", "test/ap_m")}
+# AI-TOD size buckets, sqrt(box area) in px: bench.tasks.metrics.AITOD_BUCKETS (which loads
+# torch, so the report keeps its own copy; a test keeps them equal)
+AITOD_BUCKETS = {"ap_vt": (2, 8), "ap_t": (8, 16), "ap_s": (16, 32), "ap_m": (32, 64)}
 SHARE_METRICS = {"classification": ("shares/unary", "shares/binary"),
                  "detection": ("shares/unary", "shares/binary")}
 COST_METRICS = {"classification": ("costs/params", "costs/gflops", "costs/train_images_per_s"),
@@ -43,8 +47,12 @@ class RunRecord:
 
 @dataclass
 class Cell:
-    values: list[float] = field(default_factory=list)
+    by_seed: dict = field(default_factory=dict)  # seed -> value
     states: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def values(self) -> list[float]:
+        return list(self.by_seed.values())
 
     @property
     def n(self) -> int:
@@ -59,7 +67,7 @@ class Cell:
         return statistics.stdev(self.values) if len(self.values) > 1 else (0.0 if self.values else None)
 
     def incomplete(self) -> str:
-        parts = [f"{n} {s}" for s, n in self.states.items() if s != RunState.DONE]
+        parts = [f"{n} {s}" for s, n in sorted(self.states.items()) if s != RunState.DONE]
         return ", ".join(parts)
 
 
@@ -123,7 +131,7 @@ def dataset_names(records) -> list[str]:
     return seen
 
 
-def _row_key(run: Run) -> str:
+def row_key(run: Run) -> str:
     """Row label: the strategy plus any other matrix axis that is not the seed or the data."""
     extra = [f"{axis}={value}" for axis, value in run.axes.items()
              if axis not in ("seed", "model.fusion") and not axis.startswith("data.")
@@ -159,66 +167,20 @@ def build_cells(records: list[RunRecord], metrics_by_task: dict) -> dict:
     for record in records:
         dataset = record.run.config["data"]["name"]
         task = DATASETS[dataset].task
-        row = _row_key(record.run)
+        row = row_key(record.run)
         for metric in metrics_by_task[task]:
             cell = table.setdefault(dataset, {}).setdefault(metric, {}).setdefault(row, Cell())
             cell.states[record.state] = cell.states.get(record.state, 0) + 1
             value = _metric_value(record, metric)
             if value is not None:
-                cell.values.append(value)
+                cell.by_seed[record.run.config["seed"]] = value
     return table
 
 
-def _scale(metric: str) -> float:
+def scale(metric: str) -> float:
+    """Test metrics are stored as fractions and shown in percent."""
     return 100.0 if metric.startswith("test/") else 1.0
-
-
-def fmt_cell(cell: Cell | None, metric: str, digits: int = 2) -> str:
-    if cell is None:
-        return "-"
-    k = _scale(metric)
-    note = cell.incomplete()
-    if cell.mean is None:  # every run done, none has a value: e.g. no test objects that size
-        return note or "n/a"
-    text = f"{cell.mean * k:.{digits}f} ± {cell.std * k:.{digits}f} (n={cell.n})"
-    return f"{text} [{note}]" if note else text
 
 
 def short(metric: str) -> str:
     return metric.split("/", 1)[1]
-
-
-@dataclass
-class Delta:
-    value: float | None
-
-    def __str__(self) -> str:
-        return "-" if self.value is None else f"{self.value:+.2f}"
-
-
-def ablation_rows(cells: dict, datasets: list[str]) -> tuple[list[str], list[list]]:
-    """Header and rows: the row label, then per dataset each metric's Cell (or None where the
-    row has no run on that dataset) and a Delta (difference of the headline mean to conv)."""
-    rows = sort_rows({row for d in datasets for m in cells[d].values() for row in m})
-    header = ["strategy"]
-    for d in datasets:
-        header += [f"{d} {short(m)}" for m in ABLATION_METRICS[DATASETS[d].task]]
-        header.append(f"{d} Δ conv")
-    body = []
-    for row in rows:
-        line: list = [row]
-        for d in datasets:
-            metrics = ABLATION_METRICS[DATASETS[d].task]
-            line += [cells[d][metric].get(row) for metric in metrics]
-            head = cells[d][metrics[0]]
-            base = head.get(" ".join(["conv", *row.split()[1:]]))
-            mine = head.get(row)
-            known = base and mine and base.mean is not None and mine.mean is not None
-            line.append(Delta((mine.mean - base.mean) * _scale(metrics[0]) if known else None))
-        body.append(line)
-    return header, body
-
-
-def cell_text(value) -> str:
-    """An ablation table entry as text: a Cell in percent, a Delta or a label as it is."""
-    return fmt_cell(value, "test/") if isinstance(value, Cell) else str(value or "-")

@@ -1,5 +1,5 @@
 """Statistics for benchmark tables: cells over seeds, comparisons with a baseline, "best" rows,
-seeds needed, and a paired bootstrap over test images (issue 23).
+seeds needed, bootstrap intervals and size-bucket support.
 
 Pure functions over plain numbers: numpy and scipy only, no I/O, no rich, no torch.
 Conventions (docs: shared/reference/statistics.md):
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -319,7 +319,7 @@ def best_rows(rows: Mapping[str, Mapping[Hashable, float | None]], higher_is_bet
     return {top} | {name for name, c in comparisons.items() if not c.resolved}
 
 
-# --- paired bootstrap over test images --------------------------------------------------------
+# --- bootstrap intervals (the resampling is in ap_bootstrap.py) --------------------------------------------------------
 @dataclass
 class Interval:
     """A statistic on the full set and its bootstrap percentile interval."""
@@ -333,64 +333,14 @@ class Interval:
         return self.ci_low > 0 or self.ci_high < 0
 
 
-@dataclass
-class BootstrapResult:
-    strategies: dict[str, Interval]
-    differences: dict[tuple[str, str], Interval]  # (a, b) -> a - b
-    n_images: int
-    n_resamples: int
-    seed: int
-    confidence: float
-    method: str = "percentile"
-
-
-def _interval(estimate: float, samples: np.ndarray, confidence: float) -> Interval:
+def percentile_interval(estimate: float, samples: np.ndarray, confidence: float) -> Interval:
+    """The bootstrap percentile interval of `samples` (NaN resamples left out and counted)."""
     nan = int(np.isnan(samples).sum())
     if nan == len(samples):
         return Interval(estimate, math.nan, math.nan, nan)
     q = (1 - confidence) / 2
     low, high = np.nanquantile(samples, [q, 1 - q])
     return Interval(float(estimate), float(low), float(high), nan)
-
-
-def paired_bootstrap(per_image: Mapping[str, Sequence], statistic: Callable[[list], float],
-                     n_resamples: int = 1000, seed: int = 0, baseline: str | None = None,
-                     confidence: float = 0.95) -> BootstrapResult:
-    """Paired bootstrap over test images (percentile intervals).
-
-    ``per_image[strategy][i]`` is strategy's record for image i (same images, same order for
-    every strategy). One shared set of ``n_resamples`` resamples of image indices (with
-    replacement, ``numpy.random.default_rng(seed)``) is used for every strategy, so the
-    differences are paired. ``statistic`` maps a list of records to a number (e.g. AP).
-    Differences are every strategy minus ``baseline``, or every pair (a, b), a listed before b,
-    as a - b when no baseline is given.
-    """
-    names = list(per_image)
-    if not names:
-        raise ValueError("no strategies")
-    sizes = {len(per_image[name]) for name in names}
-    if len(sizes) != 1:
-        raise ValueError(f"strategies have different numbers of images: {sorted(sizes)}")
-    n = sizes.pop()
-    if n == 0:
-        raise ValueError("no images")
-    if baseline is not None and baseline not in per_image:
-        raise KeyError(f"baseline {baseline!r} is not a strategy")
-    rng = np.random.default_rng(seed)
-    resamples = rng.integers(0, n, size=(n_resamples, n))
-    estimates, boots = {}, {}
-    for name in names:
-        records = list(per_image[name])
-        estimates[name] = float(statistic(records))
-        boots[name] = np.array([float(statistic([records[i] for i in idx])) for idx in resamples])
-    strategies = {name: _interval(estimates[name], boots[name], confidence) for name in names}
-    if baseline is not None:
-        pairs = [(name, baseline) for name in names if name != baseline]
-    else:
-        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    differences = {(a, b): _interval(estimates[a] - estimates[b], boots[a] - boots[b], confidence)
-                   for a, b in pairs}
-    return BootstrapResult(strategies, differences, n, n_resamples, seed, confidence)
 
 
 # --- detection size buckets -------------------------------------------------------------------

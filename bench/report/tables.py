@@ -9,9 +9,11 @@ from rich.table import Table
 
 from bench.config import Experiment, Run
 from bench.data import DATASETS
-from bench.report.records import (ABLATION_METRICS, COST_METRICS, FLAGGED, SHARE_METRICS, Cell,
-                                  RunRecord, ablation_rows, build_cells, cell_text, collect,
-                                  dataset_names, environments, flag_lines, short, sort_rows)
+from bench.report.analysis import Analysis, analyse
+from bench.report.records import (COST_METRICS, FLAGGED, SHARE_METRICS, RunRecord, build_cells,
+                                  collect, dataset_names, environments, flag_lines, short,
+                                  sort_rows)
+from bench.report.views import LEGEND, TextTable, tables
 from bench.store import RunState, experiment_dir
 
 STATE_STYLE = {"done": "green", "running": "cyan", "failed": "red", "interrupted": "yellow",
@@ -48,42 +50,34 @@ def print_status(exp: Experiment, runs: list[Run], results: Path, console: Conso
                             for k, v in counts.items()))
 
 
-def _best(column) -> float | None:
-    means = [c.mean for c in column if isinstance(c, Cell) and c.mean is not None]
-    return max(means) if means else None
+def rich_table(t: TextTable) -> Table:
+    table = Table(title=escape(t.title))
+    for i, col in enumerate(t.header):
+        table.add_column(escape(col), justify="left" if i == 0 else "right", no_wrap=True)
+    for line, best in zip(t.rows, t.best):
+        cells = [escape(c) for c in line]
+        table.add_row(*([f"[bold green]{c}[/]" for c in cells] if best else cells))
+    return table
 
 
-def print_tables(exp: Experiment, records: list[RunRecord], console: Console) -> None:
-    cells = build_cells(records, ABLATION_METRICS)
-    any_na = False
-    # one table per dataset: tasks report different metrics
-    for dataset in dataset_names(records):
-        header, body = ablation_rows(cells, [dataset])
-        table = Table(title=f"{exp.name}: ablation on {dataset} (test metrics in %, mean ± std "
-                            f"over seeds)")
-        for i, col in enumerate(header):
-            table.add_column(col, justify="left" if i == 0 else "right")
-        best = [None] + [_best(list(column)) for column in list(zip(*body))[1:]] if body else []
-        for line in body:
-            out = [line[0]]
-            for i, value in enumerate(line[1:], 1):
-                text = cell_text(value)
-                any_na = any_na or text == "n/a"
-                if isinstance(value, Cell) and value.mean is not None and best[i] is not None \
-                        and value.mean >= best[i] - 1e-12:
-                    text = f"[bold green]{text}[/]"
-                out.append(text)
-            table.add_row(*out)
-        console.print(table)
-    if any_na:
-        console.print("n/a: finished, but no run has a value (an AP bucket with no test objects "
-                      "of that size)", style="dim")
+def print_tables(exp: Experiment, records: list[RunRecord], console: Console,
+                 analysis: Analysis | None = None) -> None:
+    a = analysis or analyse(exp, records)
+    # one set of tables per dataset: tasks report different metrics
+    for dataset in a.datasets:
+        for t in tables(a, dataset):
+            console.print(rich_table(t))
+            for note in t.notes:
+                console.print(f"  {escape(note)}", style="dim", soft_wrap=True)
+    if a.datasets:
+        console.print(escape(LEGEND), style="dim", soft_wrap=True)
     console.print(_shares_table(exp, records))
     console.print(_costs_table(exp, records))
     states: dict[str, int] = {}
     for r in records:
         if r.state != RunState.DONE:
             states[r.state] = states.get(r.state, 0) + 1
+    states = dict(sorted(states.items()))
     if states:
         console.print("[yellow]incomplete: " + ", ".join(f"{n} {s}" for s, n in states.items())
                       + " (cells show n and what is missing)")

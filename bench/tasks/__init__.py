@@ -47,7 +47,8 @@ TASKS: dict[str, TaskSpec] = {
 
 def backbone_kwargs(model: dict) -> dict:
     """`lesa.build_backbone` keyword arguments from a resolved `model` section (every task
-    builds its backbone through this, so a new model key reaches all tasks)."""
+    builds its backbone through this, so a new model key reaches all tasks). `init_seed` is
+    not a config key: `build_task` sets it to the run's seed."""
     kwargs = dict(fusion=model["fusion"], heads=model["heads"],
                   output_stride=model["output_stride"],
                   attention_stages=tuple(model["attention_stages"]),
@@ -59,6 +60,10 @@ def backbone_kwargs(model: dict) -> dict:
         kwargs["recompute_attention"] = True
     if model.get("channels_last"):
         kwargs["channels_last"] = True
+    if model.get("init_seed") is not None:
+        kwargs["init_seed"] = model["init_seed"]
+    if model["fusion"] == "static":  # the other strategies take no options
+        kwargs["fusion_options"] = {"weight": model.get("static_weight", 0.5)}
     return kwargs
 
 
@@ -68,4 +73,8 @@ def build_task(cfg: dict, datamodule):
     spec = TASKS[dataset_spec(cfg["data"]["name"]).task]
     module_name, class_name = spec.target.split(":")
     cls = getattr(importlib.import_module(f"bench.tasks.{module_name}"), class_name)
+    # a paired design: the run seed initialises every layer from (seed, the layer's name)
+    # (lesa.ResNet's init_seed; the detector's FPN and head follow it), so the strategies of
+    # one seed start from the same weights wherever their layers coincide
+    cfg = {**cfg, "model": {**cfg["model"], "init_seed": cfg["seed"]}}
     return cls.from_config(cfg, datamodule)

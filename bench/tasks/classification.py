@@ -15,13 +15,15 @@ class ClassificationTask(L.LightningModule):
     """Image classification with any fusion strategy; logs loss, top-1/top-5 on val and test."""
 
     def __init__(self, model: dict, optim: dict, num_classes: int, in_channels: int = 3,
-                 image_size: int = 32, max_epochs: int = 10, batch_size: int = 64):
+                 image_size: int | tuple[int, int] = 32, max_epochs: int = 10,
+                 batch_size: int = 64):
         super().__init__()
         self.save_hyperparameters()
         self.backbone = lesa.build_backbone(
             model["backbone"], num_classes=num_classes, in_channels=in_channels,
             **backbone_kwargs(model))
-        self.example_input_array = torch.zeros(1, in_channels, image_size, image_size)
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.example_input_array = torch.zeros(1, in_channels, *size)  # FLOPs are counted on it
         top5 = min(5, num_classes)
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k)
@@ -29,8 +31,10 @@ class ClassificationTask(L.LightningModule):
 
     @classmethod
     def from_config(cls, cfg: dict, datamodule) -> "ClassificationTask":
+        # a datamodule with non-square images (probe_context) names their (height, width)
+        size = getattr(datamodule, "example_image_size", None) or cfg["data"].get("image_size", 32)
         return cls(cfg["model"], cfg["optim"], datamodule.num_classes, datamodule.in_channels,
-                   cfg["data"].get("image_size", 32), cfg["trainer"]["max_epochs"],
+                   size, cfg["trainer"]["max_epochs"],
                    cfg["data"]["batch_size"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ range, 4-8x its size), native resolution (no resize to 800 px), score threshold 
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 
 import lightning as L
@@ -21,6 +22,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork
 
 import lesa
+from lesa.backbone import module_seed
 from bench.data.base import IMAGENET_MEAN, IMAGENET_STD
 from bench.tasks import TASKS, backbone_kwargs
 from bench.tasks.metrics import AITOD_BUCKETS, COCO_KEYS, DetectionMetrics
@@ -72,15 +74,37 @@ def detection_options(model: dict) -> dict:
     return options
 
 
+@contextlib.contextmanager
+def _seeded(seed: int | None, name: str):
+    """torch's global RNG forked and seeded from (seed, name) for what is built inside (the
+    global RNG is left as it was); no change when seed is None."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(module_seed(seed, name))
+        yield
+
+
 def build_detector(backbone: lesa.ResNet, num_classes: int, options: dict,
-                   image_mean, image_std) -> FCOS:
-    """FCOS on `backbone` + FPN with the small-object settings in `options`."""
+                   image_mean, image_std, init_seed: int | None = None) -> FCOS:
+    """FCOS on `backbone` + FPN with the small-object settings in `options`.
+
+    torchvision's FPN and FCOS head initialise themselves from torch's global RNG. With
+    `init_seed` (default: the backbone's own init_seed, which bench sets to the run seed) each is
+    built under that RNG forked and seeded from (init_seed, its name in the detector), so every
+    strategy of one seed gets the same FPN and head; without one, as torchvision does."""
+    if init_seed is None:
+        init_seed = getattr(backbone, "init_seed", None)
     levels = len(backbone.feature_channels)
     anchors = AnchorGenerator(tuple((float(s),) for s in options["anchor_sizes"]),
                               ((1.0,),) * levels)
-    head = FCOSHead(options["fpn_channels"], 1, num_classes, num_convs=options["head_convs"])
+    with _seeded(init_seed, "head"):
+        head = FCOSHead(options["fpn_channels"], 1, num_classes, num_convs=options["head_convs"])
+    with _seeded(init_seed, "backbone.fpn"):
+        body = LesaFPN(backbone, options["fpn_channels"])
     detector = FCOS(
-        LesaFPN(backbone, options["fpn_channels"]), num_classes,
+        body, num_classes,
         min_size=options["min_size"] or 800, max_size=options["max_size"] or 1333,
         image_mean=list(image_mean), image_std=list(image_std), anchor_generator=anchors,
         head=head, center_sampling_radius=options["center_sampling_radius"],
@@ -128,6 +152,7 @@ class DetectionTask(L.LightningModule):
         self.example_input_array = torch.zeros(1, in_channels, *image_size)
         self.val_metrics = DetectionMetrics(options["detections_per_img"], size_buckets=False)
         self.test_metrics = DetectionMetrics(options["detections_per_img"], size_buckets=True)
+        self.test_predictions: tuple[list, list] = ([], [])  # per test image, filled on test
 
     @property
     def backbone(self) -> lesa.ResNet:
@@ -166,9 +191,21 @@ class DetectionTask(L.LightningModule):
         images, targets = batch
         self.val_metrics.update(self.detector(images), [_for_metric(t) for t in targets])
 
+    def on_test_epoch_start(self):
+        self.test_predictions: tuple[list, list] = ([], [])
+
     def test_step(self, batch, batch_idx):
         images, targets = batch
-        self.test_metrics.update(self.detector(images), [_for_metric(t) for t in targets])
+        preds = self.detector(images)
+        self.test_metrics.update(preds, [_for_metric(t) for t in targets])
+        # every test image's detections and ground truth on the CPU, for the report's bootstrap
+        # over test images (bench/report/ap_bootstrap.py; the run writes predictions.npz)
+        kept, truth = self.test_predictions
+        for p, t in zip(preds, targets):
+            kept.append({k: p[k].detach().cpu() for k in ("boxes", "scores", "labels")})
+            truth.append({"boxes": t["boxes"].detach().cpu(), "labels": t["labels"].detach().cpu(),
+                          "iscrowd": (t["iscrowd"] if "iscrowd" in t
+                                      else torch.zeros_like(t["labels"])).detach().cpu()})
 
     def on_validation_epoch_end(self):
         result = self.val_metrics.compute()
@@ -177,6 +214,11 @@ class DetectionTask(L.LightningModule):
         self.log("val/map_50", result["map_50"], prog_bar=True)
 
     def on_test_epoch_end(self):
+        if self.trainer.world_size > 1:  # every rank's share, rank by rank (same order per run)
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, self.test_predictions)
+            self.test_predictions = ([p for g in gathered for p in g[0]],
+                                     [t for g in gathered for t in g[1]])
         result = self.test_metrics.compute()
         self.test_metrics.reset()
         for key in (*COCO_KEYS, *AITOD_BUCKETS):
