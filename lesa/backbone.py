@@ -234,7 +234,7 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, nn.BatchNorm2d) and m.affine:  # dynamic_frozen's is not
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 

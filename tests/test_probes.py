@@ -222,11 +222,12 @@ def test_dynamic_frozen_has_no_learnable_last_gate_norm_and_starts_as_dynamic():
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("init_seed", [0, None])
 @pytest.mark.parametrize("fusion", ["static", "dynamic_frozen"])
-def test_controls_train_through_the_backbone(fusion):
+def test_controls_train_through_the_backbone(fusion, init_seed):
     torch.manual_seed(0)
     net = lesa.build_backbone("resnet_tiny", fusion=fusion, num_classes=2, heads=2,
-                              init_seed=0, fusion_options={"weight": 0.25})
+                              init_seed=init_seed, fusion_options={"weight": 0.25})
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x, y = torch.randn(8, 3, 8, 48), torch.randint(0, 2, (8,))
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
