@@ -17,7 +17,9 @@ import importlib
 _EXPORTS = {"ARCHS": "backbone", "ResNet": "backbone", "build_backbone": "backbone",
             "BinaryTerm": "binary", "RelativePosition2d": "binary",
             "LESA2d": "block", "record_shares": "block", "reset_shares": "block",
-            "shares": "block", "FUSIONS": "fusion", "Fusion": "fusion", "register": "fusion",
+            "shares": "block", "capture_share_maps": "block", "share_maps": "block",
+            "attention_geometry": "block", "record_gates": "block", "gate_records": "block",
+            "FUSIONS": "fusion", "Fusion": "fusion", "register": "fusion",
             "UnaryTerm": "unary", "fused_cpu": "kernels.fused_cpu"}
 __all__ = sorted(_EXPORTS)
 

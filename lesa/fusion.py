@@ -84,16 +84,29 @@ class Fusion(nn.Module):
         self.channels = channels
         self.pool = nn.AvgPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
         self.record_shares = True
+        self.capture_share_map = False  # keep last_share_map (lesa.capture_share_maps)
         self.reset_shares()
 
     def reset_shares(self) -> None:
         self.last_unary_share: float | None = None  # percent
+        self.last_share_map: torch.Tensor | None = None  # (B, H, W) fraction, when captured
+        self.last_map_size: tuple[int, int] | None = None  # (H, W) of the input map
         self._share_sum = 0.0
         self._share_count = 0
 
-    def _record(self, unary_share: torch.Tensor | float | None) -> None:
+    def _record(self, unary_share: torch.Tensor | float | None, x: torch.Tensor) -> None:
+        """`unary_share`: a number or a (B, k, H, W) tensor of per-position shares over k
+        channels or heads (fractions); the share is its mean."""
         if unary_share is None:
             return
+        self.last_map_size = tuple(x.shape[-2:])
+        if isinstance(unary_share, torch.Tensor) and unary_share.dim() == 4:
+            if self.capture_share_map:
+                self.last_share_map = unary_share.float().mean(1)
+            unary_share = unary_share.mean()
+        elif self.capture_share_map:
+            self.last_share_map = x.new_full((x.shape[0], *x.shape[-2:]), float(unary_share),
+                                             dtype=torch.float32)
         value = float(unary_share) * 100.0
         self.last_unary_share = value
         self._share_sum += value
@@ -105,7 +118,8 @@ class Fusion(nn.Module):
         return self._share_sum / self._share_count if self._share_count else None
 
     def fuse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float | None]:
-        """Return the fused output (same size as x) and the unary share (fraction) or None."""
+        """Return the fused output (same size as x) and the unary share (fraction): a number,
+        a (B, k, H, W) tensor of per-position shares (the share is its mean), or None."""
         raise NotImplementedError
 
     # in a CPU training step the block runs channels last inside, whatever the caller's layout:
@@ -118,7 +132,7 @@ class Fusion(nn.Module):
                   and x.device.type == "cpu" and not is_channels_last(x))
         y, share = self.fuse(to_layout(x, torch.channels_last) if inside else x)
         if self.record_shares:
-            self._record(share)
+            self._record(share, x)
         y = self.pool(y)
         return to_layout(y, torch.contiguous_format) if inside else y
 
@@ -167,7 +181,7 @@ class SelfAttention(AttentionFusion):
 
     def fuse(self, x):
         out, a_ii, _ = self.attend(x, "report" if self.record_shares else "keep")
-        share = a_ii.detach().mean() if a_ii is not None else None
+        share = a_ii.detach().unflatten(-1, x.shape[-2:]) if a_ii is not None else None
         return self.merge(out, x), share
 
 
@@ -203,7 +217,7 @@ class SoftmaxFusion(AttentionFusion):
         u = self.unary(x).flatten(2).transpose(1, 2).unflatten(-1, (self.binary.heads, -1))
         u = u.transpose(1, 2)  # (B, heads, L, dv), the same channel split as v
         out = out + a_ii.unsqueeze(-1) * (u - v)
-        return self.merge(out, x), a_ii.detach().mean()
+        return self.merge(out, x), a_ii.detach().unflatten(-1, x.shape[-2:])
 
 
 @register("sum")
@@ -241,7 +255,7 @@ class DynamicFusion(AttentionFusion):
         u = self.unary(x)
         b = self.binary(x)
         omega = self.gate(torch.cat([u, b], dim=1))
-        share = (1.0 / (1.0 + omega.detach())).mean() if self.record_shares else None
+        share = 1.0 / (1.0 + omega.detach()) if self.record_shares else None
         return torch.addcmul(u, omega, b), share  # u + omega * b in one pass
 
 

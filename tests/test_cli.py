@@ -41,7 +41,8 @@ def test_models_table_counts_parameters(capsys):
                  "--format", "md"]) == 0
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ") and "fusion" not in line}
-    assert set(rows) == {"conv", "sa", "binary", "unary", "softmax", "sum", "dynamic"}
+    assert set(rows) == {"conv", "sa", "binary", "unary", "softmax", "sum", "dynamic", "static",
+                         "dynamic_frozen"}
     params = {k: int(v.split("|")[2].strip().replace(",", "")) for k, v in rows.items()}
     assert params["sa"] == params["binary"]  # the same weights, a different mask
     assert params["softmax"] == params["sum"] < params["dynamic"]  # the gate costs parameters

@@ -77,23 +77,23 @@ def test_set_and_only():
 
 
 def test_set_wins_over_a_bundle_axis_that_sets_the_same_key():
-    """quick.yaml's task bundles set trainer.max_epochs; `--set trainer.max_epochs=1` used to
+    """digits.yaml's task bundles set trainer.max_epochs; `--set trainer.max_epochs=1` used to
     be silently overridden by them (every run still trained 6 or 8 epochs)."""
-    exp = load_experiment(ROOT / "experiments" / "quick.yaml",
+    exp = load_experiment(ROOT / "experiments" / "digits.yaml",
                           ["trainer.max_epochs=1", "optim.lr=0.001"])
     assert {r.config["trainer"]["max_epochs"] for r in exp.runs} == {1}
     assert {r.config["optim"]["lr"] for r in exp.runs} == {0.001}
     # the rest of each bundle stays
     assert {r.config["optim"]["name"] for r in exp.runs} == {"sgd", "adamw"}
-    plain = load_experiment(ROOT / "experiments" / "quick.yaml")
+    plain = load_experiment(ROOT / "experiments" / "digits.yaml")
     assert {r.config["trainer"]["max_epochs"] for r in plain.runs} == {6, 8}
 
 
 def test_a_task_specific_set_goes_to_the_runs_of_that_task():
-    """On quick.yaml's mixed matrix `--set model.detection.head_convs=1` (or a detection-only
+    """On digits.yaml's mixed matrix `--set model.detection.head_convs=1` (or a detection-only
     data option) used to fail on the first classification run: it now changes the detection
     runs and leaves the classification runs (and their ids) as they were."""
-    quick = ROOT / "experiments" / "quick.yaml"
+    quick = ROOT / "experiments" / "digits.yaml"
     plain = {r.id: r for r in load_experiment(quick).runs}
     exp = load_experiment(quick, ["model.detection.head_convs=1", "data.distractors=[1, 3]"])
     by_task = {}
@@ -187,12 +187,12 @@ def test_missing_and_invalid_files(tmp_path, capsys):
         main(["--debug", "run", str(broken), "--dry-run"])
 
 
-@pytest.mark.parametrize("name", ["quick", "probes", "cifar100_r50", "imagenet_r50"])
+@pytest.mark.parametrize("name", ["quick", "digits", "cifar100_r50", "imagenet_r50"])
 def test_shipped_experiments_build_every_run(name):
     """The GPU-scale files expand and every strategy's model builds (no data, no training)."""
     exp = load_experiment(ROOT / "experiments" / f"{name}.yaml")
     # the controls of `dynamic` run in the probes, which leave out sum and softmax (CPU budget)
-    left_out = ({"sum", "softmax"} if name == "probes" else {"static", "dynamic_frozen"})
+    left_out = ({"sum", "softmax"} if name == "quick" else {"static", "dynamic_frozen"})
     assert {r.config["model"]["fusion"] for r in exp.runs} == set(lesa.FUSIONS) - left_out
     built = set()
     for run in exp.runs:
@@ -208,7 +208,7 @@ def test_shipped_experiments_build_every_run(name):
                           for x in model.modules())
         assert n_attention == (0 if key == "conv" else
                                8 if m["backbone"] == "resnet50" else n_attention)
-    if name not in ("quick", "probes"):
+    if name not in ("quick", "digits"):  # the CPU-sized files have their own recipes
         recipe = exp.runs[0].config["optim"]
         assert (recipe["lr"], recipe["lr_batch"], recipe["weight_decay"],
                 recipe["warmup_epochs"], recipe["nesterov"]) == (0.05, 128, 8e-5, 5, True)

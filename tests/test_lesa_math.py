@@ -41,8 +41,9 @@ def randomize_bn(module: nn.Module, seed: int = 0) -> nn.Module:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             n = m.num_features
             with torch.no_grad():
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.3 * torch.randn(n, generator=g))
+                if m.affine:  # dynamic_frozen's gate BN has no affine weights
+                    m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                    m.bias.copy_(0.3 * torch.randn(n, generator=g))
                 m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(n, generator=g))
     return module

@@ -1,7 +1,7 @@
 """The statistics behind every report: per cell n, mean, std and the CI of the mean; per row
 its seed-paired comparison with the baseline strategy (Holm across the rows compared with that
 baseline in one column); the "best" rows; AI-TOD bucket box counts; the detection bootstrap
-over test images. Built once per report; tables, exports and plots only format it.
+over test images; the share analysis (shares.py). Built once per report; tables, exports and plots only format it.
 
 All numbers are in the units the tables show (test metrics in %), so `--min-effect` is too.
 """
@@ -15,6 +15,7 @@ from bench.report.image_bootstrap import ImageBootstrap, bootstrap_dataset, buck
 from bench.report.records import (ABLATION_METRICS, AITOD_BUCKETS, COST_METRICS, SHARE_METRICS,
                                   Cell, RunRecord, build_cells, dataset_names, row_key, scale,
                                   sort_rows)
+from bench.report.shares import ShareTables, analyse_shares
 from bench.report.stats import BoxSupport, CellStats, Comparison, best_rows, compare_all, \
     describe
 from bench.tasks import TASKS
@@ -58,6 +59,7 @@ class Analysis:
     datasets: list[str]
     buckets: dict[str, dict[str, BoxSupport | None]]   # detection datasets only
     bootstrap: dict[str, ImageBootstrap]               # detection datasets only
+    shares: dict[str, ShareTables | None] = field(default_factory=dict)  # share analysis
 
     def column(self, dataset: str, metric: str) -> Column:
         return self.columns[(dataset, metric)]
@@ -141,6 +143,8 @@ def analyse(exp: Experiment, records: list[RunRecord], baseline: str | None = No
     columns = {(d, m): _column(d, m, by_row, chosen, min_effect, alpha)
                for d in datasets for m, by_row in cells.get(d, {}).items()}
     buckets, boots = {}, {}
+    shares = {d: analyse_shares([r for r in records if r.run.config["data"]["name"] == d],
+                                alpha) for d in datasets}
     for d in datasets:
         if DATASETS[d].task != "detection":
             continue
@@ -150,4 +154,4 @@ def analyse(exp: Experiment, records: list[RunRecord], baseline: str | None = No
             boots[d] = bootstrap_dataset(d, mine, lambda r: row_key(r.run), chosen,
                                          confidence=1 - alpha)
     return Analysis(exp.name, records, chosen, note, min_effect, alpha, columns, datasets,
-                    buckets, boots)
+                    buckets, boots, shares)

@@ -1,6 +1,7 @@
 """The report as text for other tools: JSON (every cell with its per-seed values, CI,
 comparison and verdict, plus the detection bootstrap), CSV (one line per cell), Markdown and
-LaTeX (the terminal's tables, from the same builder: bench/report/views.py)."""
+LaTeX (the terminal's tables, from the same builder: bench/report/views.py); the share
+analysis in each (bench/report/shares.py)."""
 from __future__ import annotations
 
 import csv
@@ -11,6 +12,7 @@ import math
 from bench.config import Experiment
 from bench.report.analysis import Analysis, Row, analyse
 from bench.report.records import FLAGGED, RunRecord, environments, flag_lines, flagged
+from bench.report.shares import csv_rows, export_shares
 from bench.report.views import LEGEND, tables
 from bench.store import RunState
 
@@ -89,6 +91,7 @@ def export_records(exp: Experiment, records: list[RunRecord],
             "baseline": a.baseline, "baseline_note": a.baseline_note, "alpha": a.alpha,
             "min_effect": a.min_effect, "cells": cells, "buckets": _buckets(a),
             "bootstrap": _bootstrap(a),
+            "shares": {d: export_shares(t) for d, t in sorted(a.shares.items()) if t},
             "failed": [{"run": r.run.id, "reason": r.status.get("error"),
                         "failure": r.status.get("failure")}
                        for r in records if r.state == RunState.FAILED],
@@ -130,6 +133,10 @@ def _csv(a: Analysis, report: dict) -> str:
                                  d.get("ci_low"), d.get("ci_high"), None, None, None, None,
                                  f"paired bootstrap over {b['n_images']} test images", None,
                                  None, None, json.dumps(s["seeds"]), None, None, b["note"]])
+    # the share analysis: metric "share_analysis/<scope>/unary" (vs init), "share_boxes/..."
+    for dataset, t in a.shares.items():
+        for line in csv_rows(t, dataset) if t else []:
+            writer.writerow([line.get(k) for k in CSV_HEADER])
     return buf.getvalue()
 
 

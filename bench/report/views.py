@@ -2,7 +2,8 @@
 md, LaTeX and the rich tables show the same numbers.
 
 Per dataset: a comparison table per headline metric (acc1; map_50 and map), the AI-TOD bucket
-table with each bucket's box count, and the test-image bootstrap (detection).
+table with each bucket's box count, and the test-image bootstrap (detection); the share
+analysis (learned or built in) and, on detection, the share inside boxes.
 """
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from dataclasses import dataclass, field
 
 from bench.report.analysis import BUCKET_METRICS, Analysis, Row
 from bench.report.records import AITOD_BUCKETS, short
+from bench.report.shares import (BOX_NOTES, NULL_HEADER, NULL_NOTES, SHARE_HEADER,
+                                 SHARE_NOTES, box_header, box_table_cells, null_table_cells,
+                                 share_table_cells)
 from bench.report.stats import NOT_RESOLVED
 
 UNPAIRED = "†"
@@ -195,6 +199,26 @@ def bootstrap_table(a: Analysis, dataset: str) -> TextTable:
     return table
 
 
+def share_tables(a: Analysis, dataset: str) -> list[TextTable]:
+    """The share analysis (bench/report/shares.py) and, on detection, the share in boxes."""
+    t = a.shares.get(dataset)
+    if t is None:
+        return []
+    cells = share_table_cells(t)
+    out = [TextTable(f"{a.experiment}: {dataset} unary shares, learned or built in (%)",
+                     list(SHARE_HEADER), cells, [False] * len(cells), list(SHARE_NOTES))]
+    cells = null_table_cells(t)
+    if cells:
+        out.append(TextTable(f"{a.experiment}: {dataset} unary shares against their nulls",
+                             list(NULL_HEADER), cells, [False] * len(cells), list(NULL_NOTES)))
+    if t.boxes:
+        cells = box_table_cells(t)
+        out.append(TextTable(f"{a.experiment}: {dataset} unary share inside ground-truth boxes "
+                             f"by AI-TOD size bucket (%)", box_header(t), cells,
+                             [False] * len(cells), list(BOX_NOTES)))
+    return out
+
+
 def tables(a: Analysis, dataset: str) -> list[TextTable]:
     out = [comparison_table(a, dataset, m) for m in a.headline(dataset)
            if (dataset, m) in a.columns]
@@ -203,7 +227,7 @@ def tables(a: Analysis, dataset: str) -> list[TextTable]:
             out.append(bucket_table(a, dataset))
         if dataset in a.bootstrap:
             out.append(bootstrap_table(a, dataset))
-    return out
+    return out + share_tables(a, dataset)
 
 
 LEGEND = ("p t: paired t-test (Welch where marked †); p W: Wilcoxon signed-rank; p Holm: p t "

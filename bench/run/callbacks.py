@@ -69,20 +69,13 @@ class CostsAndShares(L.Callback):
         lesa.reset_shares(pl_module.backbone)
 
     def _end_eval(self, pl_module, stage: str):
-        shares = lesa.shares(pl_module.backbone, running=True)
-        if shares["unary"] is None:
+        summary = share_summary(pl_module)
+        if summary is None:
             return
-        by_stage: dict[str, list[float]] = {}
-        for name, value in shares["per_module"].items():
-            by_stage.setdefault(name.split(".")[0], []).append(value["unary"])
-        per_stage = {k: sum(v) / len(v) for k, v in by_stage.items()}
-        unary, binary = _mean_over_ranks(pl_module, [shares["unary"], shares["binary"]])
-        per_stage = dict(zip(per_stage, _mean_over_ranks(pl_module, list(per_stage.values()))))
-        pl_module.log(f"{stage}/unary_share", unary)
-        for name, value in per_stage.items():
+        pl_module.log(f"{stage}/unary_share", summary["unary"])
+        for name, value in summary["per_stage"].items():
             pl_module.log(f"{stage}/unary_share_{name}", value)
-        self.summary[f"{stage}_shares"] = {"unary": unary, "binary": binary,
-                                           "per_stage": per_stage}
+        self.summary[f"{stage}_shares"] = summary
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._start_eval(pl_module)
@@ -96,6 +89,25 @@ class CostsAndShares(L.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module):
         self._end_eval(pl_module, "test")
+
+
+def share_summary(pl_module) -> dict | None:
+    """The backbone's running shares since the last reset (percent): {"unary", "binary",
+    "per_stage": {stage: unary}, "per_module": {module: {"unary", "binary"}}}, each the mean
+    over DDP ranks; None without attention modules."""
+    shares = lesa.shares(pl_module.backbone, running=True)
+    if shares["unary"] is None:
+        return None
+    modules = list(shares["per_module"])
+    values = [shares["unary"]] + [shares["per_module"][m]["unary"] for m in modules]
+    unary, *per_module = _mean_over_ranks(pl_module, values)
+    per_module = dict(zip(modules, per_module))
+    by_stage: dict[str, list[float]] = {}
+    for name, value in per_module.items():
+        by_stage.setdefault(name.split(".")[0], []).append(value)
+    return {"unary": unary, "binary": 100.0 - unary,
+            "per_stage": {k: sum(v) / len(v) for k, v in by_stage.items()},
+            "per_module": {m: {"unary": v, "binary": 100.0 - v} for m, v in per_module.items()}}
 
 
 def _mean_over_ranks(pl_module, values: list[float]) -> list[float]:

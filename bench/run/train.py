@@ -97,6 +97,7 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     from bench.run.checkpoints import ResumableData
     from bench.run.environment import environment
     from bench.run.resume import resume_point
+    from bench.run.shares import ShareAnalysis
     from bench.tasks import TASKS, build_task
 
     _quiet_lightning()
@@ -107,7 +108,11 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     datamodule.check()
     task = build_task(cfg, datamodule)
     costs = CostsAndShares()
-    callbacks = [costs, ResumableData(datamodule), *extra_callbacks]
+    # the weights before any training (a resumed run loads its checkpoint later, in fit): the
+    # share report's "same model at initialisation" (bench/run/shares.py)
+    initial = {k: v.detach().clone() for k, v in task.backbone.state_dict().items()}
+    share_analysis = ShareAnalysis(initial)
+    callbacks = [costs, share_analysis, ResumableData(datamodule), *extra_callbacks]
     trainer = build_trainer(run, run_dir, callbacks, label, spec.monitor, spec.mode)
     if is_ddp_child():  # rank 0 chose the checkpoint (and set unreadable ones aside)
         resume = ddp_resume_point()
@@ -137,7 +142,8 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
         "epochs": trainer.current_epoch,
         "costs": {k: costs.summary.get(k) for k in ("params", "backbone_params", "gflops",
                                                     "train_images_per_s")},
-        "shares": costs.summary.get("test_shares"),
+        "shares": share_analysis.trained or costs.summary.get("test_shares"),
+        "shares_init": share_analysis.initial,
         "val_shares": costs.summary.get("val_shares"),
         "environment": env,
     }

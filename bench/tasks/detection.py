@@ -177,6 +177,27 @@ class DetectionTask(L.LightningModule):
         call in eval mode."""
         return self.detector(images)
 
+    def backbone_input(self, batch):
+        """The backbone's input for a batch (normalised and batched as the detector does it)
+        and where its boxes lie in it, for the share inside boxes (bench/run/shares.py):
+        {"frame": (H, W), "boxes": per image (N, 4) in the frame, "sizes": per image sqrt(area)
+        in original pixels (NaN for crowd boxes), "image_sizes": per image (h, w) unpadded}."""
+        images, targets = batch
+        image_list, moved = self.detector.transform(list(images),
+                                                    [{"boxes": t["boxes"]} for t in targets])
+        sizes = []
+        for t in targets:
+            b = t["boxes"].float()
+            area = t["area"].float() if "area" in t else (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            size = area.clamp(min=0).sqrt()
+            if "iscrowd" in t:
+                size = torch.where(t["iscrowd"] != 0, torch.full_like(size, float("nan")), size)
+            sizes.append(size)
+        where = {"frame": tuple(image_list.tensors.shape[-2:]),
+                 "boxes": [m["boxes"] for m in moved], "sizes": sizes,
+                 "image_sizes": [tuple(s) for s in image_list.image_sizes]}
+        return image_list.tensors, where
+
     def training_step(self, batch, batch_idx):
         images, targets = batch
         losses = self.detector(images, [_for_training(t) for t in targets])
