@@ -250,3 +250,22 @@ def test_module_imports_without_torch_or_rich():
             "print(sorted(m for m in ('torch', 'rich', 'lightning') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_seeds_needed_in_a_table_allow_for_holm_and_exceed_the_seeds_at_hand():
+    """Two seeds with a large, consistent gap that Holm leaves unresolved: the figure must be
+    powered at alpha / m and can never be the 2 seeds that already failed to resolve it."""
+    base = {0: 95.0, 1: 96.0}
+    rows = {"conv": base,
+            "a": {0: 94.1, 1: 95.2},   # -0.85 +- small: raw p ~ 0.02, Holm over 3 -> not resolved
+            "b": {0: 95.5, 1: 95.0},
+            "c": {0: 96.0, 1: 95.5}}
+    out = compare_all(rows, "conv")
+    a = out["a"]
+    assert a.verdict == "not resolved" and a.p < 0.05
+    assert isinstance(a.seeds_needed, int) and a.seeds_needed >= 3
+    alone = compare(rows["a"], base)
+    assert alone.verdict == "better" or alone.verdict == "worse" or alone.seeds_needed >= 3
+    sd = float(np.std(np.array([94.1, 95.2]) - np.array([95.0, 96.0]), ddof=1))
+    raw = seeds_needed(-0.85, sd, 0.05 / 3)
+    assert a.seeds_needed == max(raw, 3)

@@ -186,13 +186,19 @@ def verdict(diff: float | None, ci_low: float | None, ci_high: float | None,
     return BETTER if (diff > 0) == higher_is_better else WORSE
 
 
-def _conclude(c: Comparison) -> Comparison:
-    """Set verdict and seeds_needed from p_adjusted (in place; returns c)."""
+def _conclude(c: Comparison, family: int = 1) -> Comparison:
+    """Set verdict and seeds_needed from p_adjusted (in place; returns c).
+
+    Seeds needed are powered at alpha / family (the Bonferroni bound of Holm's adjustment, so
+    that many seeds resolve the difference after it) and are at least one more than the seeds
+    at hand: the observed difference was not resolved with those."""
     c.verdict = verdict(c.diff, c.ci_low, c.ci_high, c.p_adjusted, c.alpha, c.higher_is_better)
     c.seeds_needed = None
     if c.verdict == NOT_RESOLVED and c.diff is not None:
         target = c.min_effect if c.min_effect is not None else c.diff
-        c.seeds_needed = seeds_needed(target, c.sd, c.alpha, 0.8, c.paired)
+        needed = seeds_needed(target, c.sd, c.alpha / max(1, family), 0.8, c.paired)
+        have = max(c.n_pairs, min(c.n_a, c.n_b)) if c.min_effect is None else 1
+        c.seeds_needed = max(needed, have + 1) if isinstance(needed, int) else needed
     return c
 
 
@@ -300,7 +306,7 @@ def compare_all(rows: Mapping[str, Mapping[Hashable, float | None]], baseline: s
         c.p_adjusted = p_adj
         if m > 1 and p_adj is not None:
             c.note = "; ".join(filter(None, [c.note, f"Holm-adjusted over {m} comparisons"]))
-        _conclude(c)
+        _conclude(c, family=m)
     return out
 
 
