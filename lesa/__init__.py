@@ -25,8 +25,13 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'lesa' has no attribute {name!r}")
+    if name not in _EXPORTS:  # a submodule, e.g. lesa.kernels.fused_cpu.status()
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'lesa' has no attribute {name!r}") from None
     module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
     value = module if module.__name__.endswith(f".{name}") else getattr(module, name)
     globals()[name] = value

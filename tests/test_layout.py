@@ -102,3 +102,17 @@ def test_lesa_never_imports_bench():
 def test_module_is_readable_in_one_go(path):
     lines = len((ROOT / path).read_text().splitlines())
     assert lines <= MAX_LINES or path in LONG_FILES, f"{path} has {lines} lines"
+
+
+def test_lesa_exports_and_submodules_load_on_first_use():
+    """lesa/__init__ loads lazily (so lesa.names imports without torch): every name in __all__
+    and every submodule must still be reachable from a fresh interpreter."""
+    import subprocess
+    import sys
+    code = ("import lesa\n"
+            "missing = [n for n in lesa.__all__ if getattr(lesa, n, None) is None]\n"
+            "assert not missing, missing\n"
+            "assert lesa.kernels.fused_cpu.status()\n"
+            "try:\n    lesa.nosuch\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -8,3 +8,5 @@
 All three give softmax_j(q_i.k_j / sqrt(d) + q_i.r_h[y_j - y_i] + q_i.r_w[x_j - x_i]) v_j and,
 on request, the diagonal weights a_ii or the diagonal removed.
 """
+
+from . import chunked, fused_cpu, sdpa  # noqa: E402,F401  (lesa.kernels.fused_cpu.status() etc.)
