@@ -3,6 +3,8 @@ labels checked against what was drawn, the paired split, the context probe's geo
 resnet_tiny's measured receptive field, and the controls against explicit math."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -264,3 +266,20 @@ def test_static_weight_config_key_reaches_the_strategy_and_is_checked():
     assert run_id(cfg) == run_id(without) != run_id(cfg_set)
     with pytest.raises(ConfigError, match=r"model.static_weight: must be a number >= 0"):
         resolve({**raw, "model": {**raw["model"], "static_weight": -1.0}})
+
+
+@pytest.mark.parametrize("setting,fragment", [
+    ("data.classes=11", "data.classes must be an integer from 2 to 10, got 11"),
+    ("data.jitter=-1", "data.jitter must be an integer >= 0"),
+    ("data.jitter=30", "does not fit twice"),
+])
+def test_a_bad_probe_option_stops_before_training_with_its_key(tmp_path, capsys, setting,
+                                                                fragment):
+    from bench.cli import main
+    exp = Path(__file__).resolve().parents[1] / "experiments" / "quick.yaml"
+    code = main(["run", str(exp), "--only", "data.name=probe_context", "--only",
+                 "model.fusion=conv", "--only", "seed=0", "--set", setting,
+                 "--results", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 2 and fragment in " ".join(out.split()) and "Traceback" not in out
+    assert not list(tmp_path.glob("*/*"))  # no run folder left behind

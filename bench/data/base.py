@@ -100,13 +100,22 @@ def stratified_split(labels: np.ndarray, fractions: list[float], seed: int) -> l
 
 def positive_int(name, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
+        raise DataError(f"data.{name} must be a positive integer, got {value!r}")
     return value
+
+
+def int_range(name: str, value, lowest: int) -> tuple[int, int]:
+    ok = (isinstance(value, (list, tuple)) and len(value) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    if not ok or not lowest <= value[0] <= value[1]:
+        raise DataError(f"data.{name} must be a list [low, high] of integers with "
+                         f"{lowest} <= low <= high, got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 def fraction(name, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"data.{name} must be a number between 0 and 1 (exclusive), "
+        raise DataError(f"data.{name} must be a number between 0 and 1 (exclusive), "
                          f"got {value!r}")
     return float(value)
 
@@ -133,13 +142,13 @@ class SeededDataModule(L.LightningDataModule):
         self.options = {**allowed, **options}
         self.seed = int(seed)
         if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
-            raise ValueError(f"data.split_seed must be an integer >= 0, got {split_seed!r}")
+            raise DataError(f"data.split_seed must be an integer >= 0, got {split_seed!r}")
         self.split_seed = split_seed  # the val/test split; the run seed never touches it
         self.root = Path(root).expanduser() if root is not None else None
         self.download = bool(download)
         self.batch_size = positive_int("batch_size", batch_size)
         if int(num_workers) < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers!r}")
+            raise DataError(f"data.num_workers must be >= 0, got {num_workers!r}")
         self.num_workers = int(num_workers)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None

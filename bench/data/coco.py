@@ -238,13 +238,13 @@ class COCOData(DetectionData):
             if entry is None and split == "test":
                 continue
             if not isinstance(entry, dict) or set(entry) - {"images", "annotations"}:
-                raise ValueError(f"data.{split} must be a mapping {{images: FOLDER, annotations: "
+                raise DataError(f"data.{split} must be a mapping {{images: FOLDER, annotations: "
                                  f"FILE.json}}, got {entry!r}")
             images, annotations = entry.get("images"), entry.get("annotations")
             if split == "test" and images is None and annotations is None:
                 continue
             if not isinstance(images, str) or not isinstance(annotations, str):
-                raise ValueError(f"data.{split}.images and data.{split}.annotations must both be "
+                raise DataError(f"data.{split}.images and data.{split}.annotations must both be "
                                  f"paths, got {entry!r}")
             self.paths[split] = (self._path(images), self._path(annotations))
         self._json: dict[str, dict] = {}

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.data import DataError
 from bench.data.augment import random_affine
 from bench.data.base import ClassificationData, TensorBatches, fraction, stratified_split
 
@@ -40,7 +41,7 @@ class DigitsData(ClassificationData):
         self.val_fraction = fraction("val_fraction", self.options["val_fraction"])
         self.test_fraction = fraction("test_fraction", self.options["test_fraction"])
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("data.val_fraction + data.test_fraction must be below 1, got "
+            raise DataError("data.val_fraction + data.test_fraction must be below 1, got "
                              f"{self.val_fraction} + {self.test_fraction}")
         self.split_indices: dict[str, np.ndarray] | None = None
 

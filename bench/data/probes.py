@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.data.base import SPLITS, SeededDataModule, TensorBatches, positive_int, stratified_split
-from bench.data.scenes import _range
+from bench.data import DataError
+from bench.data.base import (SPLITS, SeededDataModule, TensorBatches, int_range, positive_int,
+                              stratified_split)
 
 # resnet_tiny's receptive field at its last feature map (3x3 convs: stem 1, layer1 1,
 # layer2 1 at stride 1, layer3 2 at stride 2 and 4, layer4 1 at stride 4): 27 px; a test
@@ -216,14 +217,14 @@ class ContextProbeData(ProbeData):
         self.digit_size = positive_int("digit_size", o["digit_size"])
         self.jitter = o["jitter"]
         if isinstance(self.jitter, bool) or not isinstance(self.jitter, int) or self.jitter < 0:
-            raise ValueError(f"data.jitter must be an integer >= 0, got {self.jitter!r}")
+            raise DataError(f"data.jitter must be an integer >= 0, got {self.jitter!r}")
         self.classes = o["classes"]
         if isinstance(self.classes, bool) or not isinstance(self.classes, int) \
                 or not 2 <= self.classes <= 10:
-            raise ValueError(f"data.classes must be an integer from 2 to 10, "
+            raise DataError(f"data.classes must be an integer from 2 to 10, "
                              f"got {self.classes!r}")
         if self.digit_size > self.height or 2 * (self.digit_size + self.jitter) > self.width:
-            raise ValueError(f"data.digit_size {self.digit_size} (jitter {self.jitter}) does "
+            raise DataError(f"data.digit_size {self.digit_size} (jitter {self.jitter}) does "
                              f"not fit twice on {self.height}x{self.width} strips")
         self.example_image_size = (self.height, self.width)
 
@@ -244,10 +245,10 @@ class LocalProbeData(ProbeData):
         super().__init__(**kwargs)
         o = self.options
         self.image_size = positive_int("image_size", o["image_size"])
-        self.digit_size = _range("digit_size", o["digit_size"], 3)
-        self.distractors = _range("distractors", o["distractors"], 0)
+        self.digit_size = int_range("digit_size", o["digit_size"], 3)
+        self.distractors = int_range("distractors", o["distractors"], 0)
         if self.digit_size[1] > self.image_size:
-            raise ValueError(f"data.digit_size {list(self.digit_size)} does not fit on "
+            raise DataError(f"data.digit_size {list(self.digit_size)} does not fit on "
                              f"{self.image_size}x{self.image_size} canvases")
         self.example_image_size = (self.image_size, self.image_size)
 

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from bench.data.base import SPLITS, BatchKey, DetectionData, detection_target, stratified_split
+from bench.data import DataError
+from bench.data.base import (SPLITS, BatchKey, DetectionData, detection_target, int_range,
+                             stratified_split)
 
 
 @dataclass
@@ -21,15 +23,6 @@ class Scene:
     image: np.ndarray  # uint8 (3, S, S)
     boxes: np.ndarray  # float32 (N, 4) xyxy
     labels: np.ndarray  # int64 (N,)
-
-
-def _range(name: str, value, lowest: int) -> tuple[int, int]:
-    ok = (isinstance(value, (list, tuple)) and len(value) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
-    if not ok or not lowest <= value[0] <= value[1]:
-        raise ValueError(f"data.{name} must be a list [low, high] of integers with "
-                         f"{lowest} <= low <= high, got {value!r}")
-    return int(value[0]), int(value[1])
 
 
 class SceneRenderer:
@@ -231,21 +224,21 @@ class DigitScenesData(DetectionData):
         self.image_size = o["image_size"]
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) \
                 or self.image_size < 32:
-            raise ValueError(f"data.image_size must be an integer >= 32, got {self.image_size!r}")
+            raise DataError(f"data.image_size must be an integer >= 32, got {self.image_size!r}")
         self.counts = {}
         for split in SPLITS:
             n = o[f"{split}_images"]
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"data.{split}_images must be a positive integer, got {n!r}")
+                raise DataError(f"data.{split}_images must be a positive integer, got {n!r}")
             self.counts[split] = n
-        self.objects = _range("objects", o["objects"], 0)
-        self.object_size = _range("object_size", o["object_size"], 3)
+        self.objects = int_range("objects", o["objects"], 0)
+        self.object_size = int_range("object_size", o["object_size"], 3)
         if self.object_size[1] > self.image_size:
-            raise ValueError(f"data.object_size {list(self.object_size)} does not fit on "
+            raise DataError(f"data.object_size {list(self.object_size)} does not fit on "
                              f"{self.image_size}x{self.image_size} canvases")
-        self.distractors = _range("distractors", o["distractors"], 0)
+        self.distractors = int_range("distractors", o["distractors"], 0)
         if not isinstance(o["fresh_train"], bool):
-            raise ValueError(f"data.fresh_train must be true or false, got {o['fresh_train']!r}")
+            raise DataError(f"data.fresh_train must be true or false, got {o['fresh_train']!r}")
         self.fresh_train = o["fresh_train"]
         self.example_image_size = (self.image_size, self.image_size)
         self.scenes: dict[str, list[Scene]] = {}
