@@ -10,6 +10,7 @@ from pathlib import Path
 from bench.config import ConfigError, Experiment
 from bench.store import experiment_dir
 
+HEARTBEAT_S = 60  # RDB workers' heartbeat; a trial silent for 5 heartbeats is failed, re-queued
 JOURNAL = "sweep.journal"  # default storage, under results/<experiment>/
 RECORD = "sweep.json"  # the storage URL the last sweep used, for report and --best-params
 
@@ -50,11 +51,13 @@ def masked(url: str) -> str:
     return url
 
 
-def open_storage(exp: Experiment, results: Path, url: str | None, workers: bool = False):
+def open_storage(exp: Experiment, results: Path, url: str | None, workers: bool = False,
+                 heartbeat: int = HEARTBEAT_S):
     """Optuna storage: a journal file (several local processes) or an RDB URL (several machines).
 
-    With `workers`, RDB storages get heartbeats: a trial whose machine died is failed after the
-    grace period and its parameters re-queued (a journal has no heartbeat; see reap_dead_trials).
+    With `workers`, RDB storages get heartbeats every `heartbeat` seconds: a trial whose worker
+    died (on any machine) is failed after 5 missed heartbeats and its parameters re-queued (a
+    journal has no heartbeat; see reap_dead_trials).
     """
     from optuna import storages
     from optuna.storages import JournalStorage, RDBStorage
@@ -66,7 +69,7 @@ def open_storage(exp: Experiment, results: Path, url: str | None, workers: bool 
         return JournalStorage(JournalFileBackend(str(journal)))
     options = {"engine_kwargs": {"pool_pre_ping": True}} if not url.startswith("sqlite") else {}
     if workers:
-        options.update(heartbeat_interval=60, grace_period=300)
+        options.update(heartbeat_interval=heartbeat, grace_period=5 * heartbeat)
         if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
             options["heartbeat_stale_trial_callback"] = \
                 storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
@@ -75,8 +78,11 @@ def open_storage(exp: Experiment, results: Path, url: str | None, workers: bool 
     try:
         return RDBStorage(url, **options)
     except ImportError as err:
+        # SQLAlchemy 2.1 reads postgresql:// as psycopg 3 (postgresql+psycopg2:// is psycopg2)
+        hint = ("pip install 'lesa-bench[postgres]' (psycopg 3, which postgresql:// uses)"
+                if url.startswith("postgresql") else "install the driver the URL names")
         raise ConfigError(f"--storage {masked(url)}: the database driver is missing ({err}); "
-                          f"e.g. pip install psycopg2-binary for postgresql://") from None
+                          f"{hint}") from None
     except Exception as err:  # noqa: BLE001 - sqlalchemy's errors: bad URL, refused, auth
         raise ConfigError(f"--storage {masked(url)}: cannot open it: "
                           f"{type(err).__name__}: {str(err).splitlines()[0]}") from None

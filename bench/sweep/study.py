@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -18,18 +20,20 @@ from rich.console import Console
 
 from bench.config import ConfigError, Experiment
 from bench.config.sweep import grid_size, grid_values
+from bench.run.progress import sweep_progress
 from bench.run.runner import preflight
 from bench.run.workers import start_workers, wait_for_workers, worker_slot
 from bench.store import RunDir, RunState, experiment_dir, process_gone, write_atomic
 from bench.sweep.cells import StudyCell, objective_text, require_sweep, study_cells
 from bench.sweep.objective import Objective, trial_counts
-from bench.sweep.storage import (RECORD, describe_storage, open_storage, quiet_optuna,
-                                 storage_url)
+from bench.sweep.storage import (HEARTBEAT_S, RECORD, describe_storage, open_storage,
+                                 quiet_optuna, storage_url)
 from bench.sweep.summary import summary
 
 RUNNING_ELSEWHERE = "the last trials are running in other workers"
 # how long a RUNNING trial may go without saying which worker runs it (it does so at once)
 UNCLAIMED_GRACE_S = 120
+WAIT_POLL_S = 2.0  # how often a worker with nothing to start looks at the others' trials
 
 
 def _sampler(spec: dict, seed: int, space: dict):
@@ -119,6 +123,43 @@ def _finished(study, cell: StudyCell, budget: int, sweep: dict) -> str | None:
     return None
 
 
+def _deaths_visible(study, heartbeat: bool) -> bool:
+    """Whether this worker can tell that another worker's running trial is dead: by the RDB
+    heartbeat, or by process id when every running trial's worker is on this host."""
+    from optuna.trial import TrialState
+
+    if heartbeat:
+        return True
+    host = socket.gethostname()
+    return all((t.user_attrs.get("worker") or {}).get("host", host) == host
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def _wait_for_others(study, cell: StudyCell, budget: int, sweep: dict, root: Path,
+                     console: Console, prefix: str, heartbeat: bool) -> str | None:
+    """While the study's last trials run in other workers, wait: a trial whose worker dies is
+    failed and its parameters queued again (by process id on this host, by heartbeat on
+    others), and this worker runs it, so the study still reaches its budget. Returns the new
+    `_finished` reason (None: a trial is there to start)."""
+    from optuna.storages import fail_stale_trials
+
+    said = False
+    while True:
+        reap_dead_trials(study, root, console)
+        waiting = trial_counts(study)["waiting"]
+        fail_stale_trials(study)  # RDB: RetryHeartbeatStaleTrialCallback queues them again
+        if trial_counts(study)["waiting"] > waiting:
+            console.print(f"  [yellow]{cell.short}: a worker stopped sending heartbeats; its "
+                          f"trial is failed and its parameters queued again")
+        reason = _finished(study, cell, budget, sweep)
+        if reason != RUNNING_ELSEWHERE or not _deaths_visible(study, heartbeat):
+            return reason
+        if not said:
+            console.print(f"{prefix}{cell.short}: waiting for the trials other workers run")
+            said = True
+        time.sleep(WAIT_POLL_S)
+
+
 def _load_studies(exp: Experiment, cells: list[StudyCell], storage, worker: int):
     import optuna
 
@@ -135,13 +176,14 @@ def _load_studies(exp: Experiment, cells: list[StudyCell], storage, worker: int)
 
 
 def sweep_worker(exp: Experiment, results: Path, url: str | None, budgets: dict, worker: int,
-                 console: Console, workers: int = 1) -> int:
+                 console: Console, workers: int = 1, heartbeat: int = HEARTBEAT_S) -> int:
     """One worker's loop: each study in turn, until its budget is reached. Exit code."""
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     quiet_optuna()
-    storage = open_storage(exp, results, url, workers=True)
+    storage = open_storage(exp, results, url, workers=True, heartbeat=heartbeat)
+    beating = bool(getattr(storage, "get_heartbeat_interval", lambda: None)())
     cells = study_cells(exp)
     studies = _load_studies(exp, cells, storage, worker)
     root = experiment_dir(results, exp.name)
@@ -151,7 +193,13 @@ def sweep_worker(exp: Experiment, results: Path, url: str | None, budgets: dict,
         study, budget = studies[cell.name], budgets[cell.name]
         objective = Objective(cell, exp.sweep["params"], budget, root, console, prefix)
         failed_in_a_row = 0
-        while _finished(study, cell, budget, exp.sweep) is None:
+        while True:
+            reason = _finished(study, cell, budget, exp.sweep)
+            if reason == RUNNING_ELSEWHERE:
+                reason = _wait_for_others(study, cell, budget, exp.sweep, root, console, prefix,
+                                          beating)
+            if reason is not None:
+                break
             objective.last = None
             try:
                 # one trial per call: the budget is checked against every worker before each
@@ -175,7 +223,8 @@ def sweep_worker(exp: Experiment, results: Path, url: str | None, budgets: dict,
 
 
 def run_sweep(exp: Experiment, results: Path, console: Console, trials: int | None = None,
-              storage: str | None = None, workers: int = 1, argv: list[str] | None = None) -> int:
+              storage: str | None = None, workers: int = 1, argv: list[str] | None = None,
+              heartbeat: int = HEARTBEAT_S) -> int:
     """Run (or continue) every study of the experiment to its budget.
 
     With `workers` > 1 that many processes re-run this command (`argv`, the command line) as
@@ -192,6 +241,8 @@ def run_sweep(exp: Experiment, results: Path, console: Console, trials: int | No
         raise ConfigError(f"--trials {trials}: expected a positive number of trials per study")
     if workers < 1:
         raise ConfigError(f"--workers {workers}: expected at least 1")
+    if heartbeat < 1:
+        raise ConfigError(f"--heartbeat {heartbeat}: expected at least 1 second")
     cells = study_cells(exp)
     if not cells:
         console.print(f"[yellow]{exp.name}: no runs selected, nothing to sweep")
@@ -206,7 +257,7 @@ def run_sweep(exp: Experiment, results: Path, console: Console, trials: int | No
     slot = worker_slot()
     if slot:  # the parent set the studies up
         worker, count = slot
-        return sweep_worker(exp, results, url, budgets, worker, console, count)
+        return sweep_worker(exp, results, url, budgets, worker, console, count, heartbeat)
     root = experiment_dir(results, exp.name)
     root.mkdir(parents=True, exist_ok=True)
     if url and url.startswith("sqlite") and workers > 1:
@@ -240,9 +291,11 @@ def run_sweep(exp: Experiment, results: Path, console: Console, trials: int | No
                       f"({c['complete']} complete, {c['pruned']} pruned), {c['failed']} failed")
     preflight([cell.base for cell in cells])
     if workers == 1:
-        code = sweep_worker(exp, results, url, budgets, 0, console)
+        code = sweep_worker(exp, results, url, budgets, 0, console, heartbeat=heartbeat)
     else:
-        code = _run_workers(sys.argv[1:] if argv is None else argv, workers, console)
+        progress = sweep_progress(console, exp.name, cells, handle, budgets, root, workers)
+        code = _run_workers(sys.argv[1:] if argv is None else argv, workers, console, progress,
+                            root / "workers")
     if code == 130:
         return code
     for part in summary(exp, cells, handle, results):
@@ -259,10 +312,17 @@ def run_sweep(exp: Experiment, results: Path, console: Console, trials: int | No
     return 1 if code or None in reasons else 0
 
 
-def _run_workers(argv: list[str], workers: int, console: Console) -> int:
-    started = start_workers(argv, workers, ("--workers",))
-    console.print(f"started {workers} workers: pids {', '.join(str(p.pid) for p in started)}")
-    codes = wait_for_workers(started)
+def _run_workers(argv: list[str], workers: int, console: Console, progress, logs: Path) -> int:
+    """`progress`: the parent's display (bench/run/progress.py); `logs`: the workers' output."""
+    started = start_workers(argv, workers, ("--workers",), log_dir=logs)
+    console.print(f"started {workers} workers: pids {', '.join(str(p.pid) for p in started)}; "
+                  f"their full output in {logs}/", soft_wrap=True)
+    with progress:
+        codes = wait_for_workers(started, progress)
     if codes is None or any(code == 130 for code in codes):
         return 130
-    return 0 if all(code == 0 for code in codes) else 1
+    died = [code for code in codes if code < 0]  # killed by a signal: SIGKILL, the OOM killer
+    if died:
+        # the others failed and re-ran its trial; the budget check after this says the rest
+        console.print(f"[yellow]{len(died)} worker(s) died (signal {-died[0]})")
+    return 0 if all(code <= 0 for code in codes) else 1
