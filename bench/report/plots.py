@@ -1,6 +1,16 @@
-"""The ablation as a chart (PNG): per dataset (one panel each) the headline metric of every
-strategy, its mean as a point with the 95 % CI of the mean as a whisker. The axis covers every
-whisker (nothing clipped); n = 1 has no whisker and says so; "best" rows are filled."""
+"""The report's charts, drawn from the analysis (bench/report/analysis.py), never recomputed:
+
+    ablation  per dataset, each strategy's headline metric: the mean as a point, the 95 % CI
+              of the mean as a whisker (`report --plot` writes it as a PNG)
+    costs     per dataset, the headline metric against GFLOPs per image and against training
+              images/s, one point (with its CI whisker) per strategy
+    shares    per dataset, each strategy's unary share: trained (point, CI whisker), the same
+              model at initialisation (hollow), the null (red dash)
+
+Points and whiskers, never bars: a bar's length reads as the value, so bars need an axis from
+0, where 1-point gaps vanish; points can sit on an axis fitted to the data. Every axis covers
+every whisker and null (nothing clipped); n = 1 has no whisker and says so.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,17 +19,45 @@ from bench.config import Experiment
 from bench.report.analysis import Analysis, analyse
 from bench.report.records import RunRecord, short
 
+BLUE, GREY, RED = "#3b75af", "#888888", "#c0392b"
 
-def plot(exp: Experiment, records: list[RunRecord], path: Path,
-         analysis: Analysis | None = None) -> None:
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    a = analysis or analyse(exp, records)
+    return plt
+
+
+def _fit(ax, lows: list[float], highs: list[float], axis: str = "y") -> None:
+    """Limits that hold every value and whisker, with a margin."""
+    if not lows:
+        return
+    low, high = min(lows), max(highs)
+    pad = max(0.05 * (high - low), 0.5)
+    # more room above: the "n=1, no CI" notes sit over their points
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(low - pad, high + 2 * pad)
+
+
+def _whisker(ax, x: float, s, color: str, filled: bool, note_n1: bool = True):
+    """A point at the mean with its CI whisker; the (low, high) it spans."""
+    low = s.ci_low if s.ci_low is not None else s.mean
+    high = s.ci_high if s.ci_high is not None else s.mean
+    ax.errorbar([x], [s.mean], yerr=[[s.mean - low], [high - s.mean]], fmt="o", color=color,
+                capsize=4, markerfacecolor=color if filled else "white")
+    if note_n1 and s.n == 1:
+        ax.annotate("n=1, no CI", (x, s.mean), textcoords="offset points", xytext=(0, 8),
+                    ha="center", fontsize=7)
+    return low, high
+
+
+def ablation_figure(a: Analysis, name: str):
+    plt = _pyplot()
     datasets = a.datasets or ["(no results)"]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(5 * len(datasets), 7), 4.2),
+                             squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         ax.set_title(dataset)
         if dataset not in a.datasets:
@@ -28,26 +66,100 @@ def plot(exp: Experiment, records: list[RunRecord], path: Path,
         rows = [r for r in a.column(dataset, metric).rows.values() if r.stats.mean is not None]
         lows, highs = [], []
         for x, row in enumerate(rows):
-            s = row.stats
-            low = s.ci_low if s.ci_low is not None else s.mean
-            high = s.ci_high if s.ci_high is not None else s.mean
+            low, high = _whisker(ax, x, row.stats, GREY if row.is_baseline else BLUE,
+                                 bool(row.best))
             lows.append(low)
             highs.append(high)
-            color = "#888888" if row.is_baseline else "#3b75af"
-            ax.errorbar([x], [s.mean], yerr=[[s.mean - low], [high - s.mean]], fmt="o",
-                        color=color, capsize=4, markerfacecolor=color if row.best else "white")
-            if s.n == 1:
-                ax.annotate("n=1, no CI", (x, s.mean), textcoords="offset points",
-                            xytext=(0, 8), ha="center", fontsize=7)
         ax.set_xticks(range(len(rows)), [r.name for r in rows], rotation=30, ha="right")
         ax.set_ylabel(f"{short(metric)} (%)")
+        _fit(ax, lows, highs)
         if rows:
-            low, high = min(lows), max(highs)
-            pad = max(0.05 * (high - low), 0.5)
-            ax.set_ylim(low - pad, high + pad)  # every whisker inside the axis
             ax.set_xlim(-0.5, len(rows) - 0.5)
-    fig.suptitle(f"{exp.name}: mean and 95% CI over seeds (filled: best)")
+    fig.suptitle(f"{name}: mean and 95% CI over seeds (filled: best)")
     fig.tight_layout()
+    return fig
+
+
+COSTS = (("costs/gflops", "GFLOPs per image"),
+         ("costs/train_images_per_s", "training images/s"))
+
+
+def costs_figure(a: Analysis, name: str):
+    """Metric against cost; None where no dataset has costs."""
+    panels = [(d, metric, label) for d in a.datasets for metric, label in COSTS
+              if (d, metric) in a.columns]
+    if not panels:
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.6 * len(panels), 7), 4.2),
+                             squeeze=False)
+    for ax, (dataset, cost, label) in zip(axes[0], panels):
+        metric = a.headline(dataset)[0]
+        costs = a.column(dataset, cost).rows
+        lows, highs = [], []
+        for row in a.column(dataset, metric).rows.values():
+            x = costs[row.name].stats.mean if row.name in costs else None
+            if row.stats.mean is None or x is None:
+                continue
+            low, high = _whisker(ax, x, row.stats, GREY if row.is_baseline else BLUE,
+                                 bool(row.best), note_n1=False)
+            ax.annotate(row.name, (x, row.stats.mean), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7)
+            lows.append(low)
+            highs.append(high)
+        ax.set_title(f"{dataset}: {short(metric)} vs {label}", fontsize=9)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{short(metric)} (%)")
+        ax.margins(x=0.15)
+        ax.xaxis.set_major_locator(MaxNLocator(4))  # GFLOPs labels like 0.00625 collide
+        _fit(ax, lows, highs)
+    fig.suptitle(f"{name}: metric against cost, per strategy (mean, 95% CI; filled: best)")
+    fig.tight_layout()
+    return fig
+
+
+def shares_figure(a: Analysis, name: str):
+    """Unary shares against their nulls; None where no dataset has shares."""
+    datasets = [d for d in a.datasets if a.shares.get(d)]
+    if not datasets:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(5 * len(datasets), 8), 4.2),
+                             squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        rows = [r for r in a.shares[dataset].rows
+                if r.scope == "all" and r.trained.mean is not None]
+        lows, highs = [], []
+        for x, row in enumerate(rows):
+            low, high = _whisker(ax, x, row.trained, BLUE, True)
+            lows.append(low)
+            highs.append(high)
+            if row.initial.mean is not None:
+                ax.plot([x + 0.18], [row.initial.mean], "o", color=GREY,
+                        markerfacecolor="white")
+                lows.append(row.initial.mean)
+                highs.append(row.initial.mean)
+            if row.null is not None:
+                ax.plot([x - 0.3, x + 0.3], [row.null, row.null], color=RED, lw=2)
+                lows.append(row.null)
+                highs.append(row.null)
+        ax.set_xticks(range(len(rows)), [r.strategy for r in rows], rotation=30, ha="right")
+        ax.set_ylabel("unary share (%)")
+        ax.set_title(dataset)
+        _fit(ax, lows, highs)
+        if rows:
+            ax.set_xlim(-0.6, len(rows) - 0.4)
+    fig.suptitle(f"{name}: unary share trained (blue, 95% CI), at init (hollow), null (red)")
+    fig.tight_layout()
+    return fig
+
+
+def plot(exp: Experiment, records: list[RunRecord], path: Path,
+         analysis: Analysis | None = None) -> None:
+    """`report --plot FILE.png`: the ablation chart."""
+    fig = ablation_figure(analysis or analyse(exp, records), exp.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
