@@ -4,7 +4,9 @@ C++ kernel for CPU inference that falls back to torch ops where it cannot be bui
     from lesa import LESA2d, FUSIONS, build_backbone, shares
 
 Read in this order: unary.py (local term), binary.py (context term) and window.py (its local
-variant), fusion.py (strategies), block.py (LESA2d and the share report), backbone.py (ResNets).
+variant), fusion.py (strategies), block.py (LESA2d and the share report), backbone.py (ResNets);
+the released code's choices as options: logit_norm.py (logit BatchNorm), raster.py (raster
+q/k/v embeddings), deformable.py (deformable 3x3).
 How each device computes the attention sits apart in kernels/ (SDPA operands, the chunked CPU
 path, the fused CPU kernel); layout.py keeps a block's 1x1 convolutions as GEMMs in CPU training.
 """
@@ -19,8 +21,11 @@ _EXPORTS = {"ARCHS": "backbone", "ResNet": "backbone", "build_backbone": "backbo
             "LESA2d": "block", "record_shares": "block", "reset_shares": "block",
             "shares": "block", "capture_share_maps": "block", "share_maps": "block",
             "attention_geometry": "block", "record_gates": "block", "gate_records": "block",
+            "reference_paths": "block",
             "FUSIONS": "fusion", "Fusion": "fusion", "register": "fusion",
-            "UnaryTerm": "unary", "fused_cpu": "kernels.fused_cpu"}
+            "UnaryTerm": "unary", "fused_cpu": "kernels.fused_cpu",
+            "RasterPosition": "raster", "LogitNorm": "logit_norm",
+            "DeformableConv3x3": "deformable", "RELEASE": "backbone"}
 __all__ = sorted(_EXPORTS)
 
 

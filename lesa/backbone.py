@@ -18,8 +18,10 @@ from torch import nn
 
 from .binary import BinaryTerm, RelativePosition2d
 from .block import LESA2d
+from .deformable import DeformableConv3x3
 from .fusion import check_fusion
 from .names import unknown
+from .raster import RasterPosition
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def seeded_init(model: nn.Module, seed: int) -> None:
                 for param, value in ((module.weight, 1.0), (module.bias, 0.0)):
                     if param is not None:
                         param.fill_(value)
-            elif isinstance(module, RelativePosition2d):
+            elif isinstance(module, (RelativePosition2d, RasterPosition, DeformableConv3x3)):
                 module.reset_parameters(generator=g)
             elif hasattr(module, "reset_parameters"):  # e.g. a registered strategy's own layer
                 with torch.random.fork_rng(devices=[]):
@@ -141,6 +143,10 @@ def seeded_init(model: nn.Module, seed: int) -> None:
             else:
                 raise TypeError(f"{name} ({type(module).__name__}) holds parameters but has no "
                                 f"seeded initialisation: give it a reset_parameters() method")
+
+
+def _scaled_width(mid: int, width: float, multiple: int) -> int:
+    return mid if width == 1 else max(multiple, multiple * round(mid * width / multiple))
 
 
 def _stage_window(window, stage: int) -> int | None:
@@ -173,6 +179,13 @@ class ResNet(nn.Module):
     from torch's global RNG in construction order.
     `fusion_options` (a mapping) goes to the attention stages' strategy, which takes the keys
     it uses (e.g. {"weight": 0.3} for `static`).
+    `logits`, `positions`, `unary` choose the attention stages' terms (LESA2d; the release's
+    choices are options, see `build_backbone(release=...)`); `deformable_stages` (numbered 1-4)
+    makes the 3x3 convs of those stages deformable (the blocks that are convs there; the
+    detection release's stage_with_dcn F,T,T,T is (2, 3, 4)).
+    `width` multiplies every stage's bottleneck width (the stem keeps its own): rounded to an
+    integer, and in an attention stage to a multiple of 2 * heads, which the heads' q/k split
+    needs (`stage_widths` says what was built).
     """
 
     def __init__(self, arch: Arch, fusion: str = "dynamic", num_classes: int | None = None,
@@ -180,7 +193,9 @@ class ResNet(nn.Module):
                  max_map_size: int = 64, in_channels: int = 3,
                  window: int | dict[int, int | None] | None = None,
                  recompute_attention: bool = False, channels_last: bool = False,
-                 init_seed: int | None = None, fusion_options: dict | None = None):
+                 init_seed: int | None = None, fusion_options: dict | None = None,
+                 logits: str = "scaled", positions: str = "relative2d", unary: str = "grouped",
+                 deformable_stages=(), width: float = 1.0):
         if isinstance(init_seed, bool) or not isinstance(init_seed, (int, type(None))):
             raise TypeError(f"init_seed must be an int or None, not {init_seed!r}")
         global_rng = torch.get_rng_state() if init_seed is not None else None
@@ -190,9 +205,18 @@ class ResNet(nn.Module):
             raise ValueError(f"output_stride must be 16 or 32, not {output_stride}")
         self.stem, stride_so_far = _stem(arch.stem, arch.stem_width, in_channels)
         channels = arch.stem_width
-        self.feature_channels, self.feature_strides = [], []
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0:
+            raise ValueError(f"width must be a number > 0, not {width!r}")
+        if not all(s in (1, 2, 3, 4) for s in deformable_stages):
+            raise ValueError(f"deformable_stages are numbered 1-4, not {deformable_stages!r}")
+        terms = {"logits": logits, "positions": positions, "unary": unary,
+                 **(fusion_options or {})}
+        self.feature_channels, self.feature_strides, self.stage_widths = [], [], []
         for index, (blocks, mid) in enumerate(zip(arch.layers, arch.widths)):
             stage = index + 1
+            mid = _scaled_width(mid, width, 2 * heads if stage in attention_stages
+                                and fusion != "conv" else 1)
+            self.stage_widths.append(mid)
             stride = 1 if stage == 1 else 2
             dilation = 1
             if stage == 4 and output_stride == 16:
@@ -202,10 +226,13 @@ class ResNet(nn.Module):
             for b in range(blocks):
                 block_stride = stride if b == 0 else 1
                 use_attention = stage in attention_stages and not (stage == 3 and b == 0)
+                # `deformable` reaches the convs only (the attention strategies do not take it)
+                options = {**(terms if use_attention else {}),
+                           **({"deformable": True} if stage in deformable_stages else {})}
                 stage_blocks.append(Bottleneck(
                     channels, mid, out_channels, block_stride, dilation,
                     fusion if use_attention else "conv", heads, max_map_size,
-                    _stage_window(window, stage), fusion_options if use_attention else None))
+                    _stage_window(window, stage), options))
                 channels = out_channels
             setattr(self, f"layer{stage}", nn.Sequential(*stage_blocks))
             stride_so_far *= stride
@@ -253,17 +280,45 @@ class ResNet(nn.Module):
         return self.fc(x) if self.fc is not None else x
 
 
+# The released code's choices per task (docs/library.md, "The release's choices"); its map size
+# (the tables' reach) and output stride stay separate options: max_map_size 14 and
+# output_stride 16 for the ImageNet release at 224 x 224.
+RELEASE = {
+    "classification": {"logits": "batchnorm", "positions": "raster", "unary": "grouped",
+                       "deformable_stages": ()},
+    "detection": {"logits": "batchnorm", "positions": "relative2d", "unary": "deformable",
+                  "deformable_stages": (2, 3, 4)},
+}
+
+
+def release_options(release) -> dict:
+    """The options `release` selects: False/None nothing, True the classification release's,
+    or "classification" / "detection"."""
+    if release is None or release is False:
+        return {}
+    if release is True:
+        release = "classification"
+    if release not in RELEASE:
+        raise ValueError(f"release must be true, false, 'classification' or 'detection', not "
+                         f"{release!r}")
+    return dict(RELEASE[release])
+
+
 def build_backbone(name: str, fusion: str = "dynamic", num_classes: int | None = None,
-                   **kwargs) -> ResNet:
+                   release: bool | str = False, **kwargs) -> ResNet:
     """Build a backbone by name (`lesa.ARCHS`): resnet50, resnet26, wrn50, resnet_tiny (32x32
     inputs), resnet_small (128x128 inputs). kwargs go to `ResNet` (heads, output_stride,
     attention_stages, max_map_size, in_channels, window, recompute_attention, channels_last,
-    init_seed, fusion_options) and `stem` (imagenet, small or cifar) to replace the
-    architecture's stem."""
+    init_seed, fusion_options, logits, positions, unary, deformable_stages, width) and `stem`
+    (imagenet, small or cifar) to replace the architecture's stem. `release` (True or
+    "classification", or "detection") selects the released code's choices for that task
+    (`RELEASE`); an option given here (not None) wins over the preset."""
     if name not in ARCHS:
         raise ValueError(unknown("backbone", name, ARCHS))
     arch = ARCHS[name]
     stem = kwargs.pop("stem", None)
     if stem:  # e.g. a ResNet-50 on 32x32 CIFAR images takes the 3x3/1 "cifar" stem
         arch = dataclasses.replace(arch, stem=stem)
-    return ResNet(arch, fusion=fusion, num_classes=num_classes, **kwargs)
+    given = {key: value for key, value in kwargs.items() if value is not None}
+    return ResNet(arch, fusion=fusion, num_classes=num_classes,
+                  **{**release_options(release), **given})

@@ -17,14 +17,24 @@ class LESA2d(nn.Module):
     window query blocks with a halo of window // 2, for maps of any size (the tables then need
     max_map_size >= 1.5 window). Further keywords are strategy options (e.g. `weight` of
     `static`), passed to the strategies that take them.
+
+    The terms' options (docs/library.md, "The release's choices"), each taken by the strategies
+    it applies to: `logits` "scaled" (q.k / sqrt(d), default) or "batchnorm" (the release's
+    per-term, per-head BatchNorm, summed); `positions` "relative2d" (default) or "raster" (the
+    classification release's q/k/v embeddings over the raster offset; maps of up to
+    max_map_size^2 positions); `unary` "grouped" (default) or "deformable" (the detection
+    release's); `deformable` (conv only) makes the baseline's 3x3 deformable.
     """
 
     def __init__(self, channels: int, heads: int = 8, fusion: str = "dynamic", stride: int = 1,
                  dilation: int = 1, max_map_size: int = 64, window: int | None = None,
-                 **fusion_options):
+                 logits: str = "scaled", positions: str = "relative2d", unary: str = "grouped",
+                 deformable: bool = False, **fusion_options):
         super().__init__()
         self.fusion = build(fusion, channels, heads=heads, stride=stride, dilation=dilation,
-                            max_map_size=max_map_size, window=window, **fusion_options)
+                            max_map_size=max_map_size, window=window, logits=logits,
+                            positions=positions, unary=unary, deformable=deformable,
+                            **fusion_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fusion(x)
@@ -53,6 +63,17 @@ def shares(model: nn.Module, running: bool = False) -> dict:
         return {"per_module": {}, "unary": None, "binary": None}
     unary = sum(v["unary"] for v in per_module.values()) / len(per_module)
     return {"per_module": per_module, "unary": unary, "binary": 100.0 - unary}
+
+
+def reference_paths(model: nn.Module) -> dict[str, str]:
+    """{module name: reason} of the attention modules whose binary term takes the explicit
+    reference path whatever its `kernel` (e.g. the release's raster positions); {} if none."""
+    out = {}
+    for name, module in _fusions(model):
+        reason = getattr(getattr(module, "binary", None), "reference_reason", None)
+        if reason is not None:
+            out[name] = reason
+    return out
 
 
 def record_shares(model: nn.Module, on: bool = True) -> None:

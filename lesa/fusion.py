@@ -3,7 +3,8 @@
 Each strategy is a drop-in for the 3x3 conv + BN of a ResNet bottleneck and lives in `FUSIONS`
 under the name used in configs. A new strategy is one class plus `@register("name")`; its
 constructor takes `channels` and the keywords it uses of `heads`, `stride`, `dilation`,
-`max_map_size` and `window`, and `build` passes it just those. `window` (an int) swaps the
+`max_map_size`, `window`, and the terms' options `logits`, `positions`, `unary` (the attention
+strategies) and `deformable` (conv), and `build` passes it just those. `window` (an int) swaps the
 global binary term for the windowed one of lesa/window.py; None keeps it global.
 
 What each computes (U: unary term, B_i = sum_j a_ij v_j: binary term, heads concatenated) and
@@ -32,9 +33,11 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .binary import BinaryTerm
+from .deformable import DeformableConv3x3
 from .layout import Pointwise, is_channels_last, to_layout
 from .names import unknown
 from .unary import UnaryTerm
@@ -141,10 +144,12 @@ class Fusion(nn.Module):
 class ConvFusion(Fusion):
     """The CNN baseline: 3x3 conv + BN (striding in the conv, as torchvision's ResNet v1.5)."""
 
-    def __init__(self, channels: int, *, stride: int = 1, dilation: int = 1):
+    def __init__(self, channels: int, *, stride: int = 1, dilation: int = 1,
+                 deformable: bool = False):
         super().__init__(channels)
-        self.conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=dilation,
-                              dilation=dilation, bias=False)
+        self.conv = (DeformableConv3x3(channels, channels, stride, dilation) if deformable else
+                     nn.Conv2d(channels, channels, 3, stride=stride, padding=dilation,
+                               dilation=dilation, bias=False))
         self.bn = nn.BatchNorm2d(channels)
 
     def forward(self, x):
@@ -157,11 +162,16 @@ class AttentionFusion(Fusion):
     uses_unary = True
 
     def __init__(self, channels: int, *, heads: int = 8, stride: int = 1,
-                 max_map_size: int = 64, window: int | None = None):
+                 max_map_size: int = 64, window: int | None = None, logits: str = "scaled",
+                 positions: str = "relative2d", unary: str = "grouped"):
         super().__init__(channels, stride=stride)
-        self.binary = (BinaryTerm(channels, heads, max_map_size) if window is None
+        if window is not None and (logits, positions) != ("scaled", "relative2d"):
+            raise ValueError(f"the windowed binary term takes the default logits and positions "
+                             f"only (scaled, relative2d), not {logits}, {positions}")
+        self.binary = (BinaryTerm(channels, heads, max_map_size, logits, positions)
+                       if window is None
                        else WindowedBinaryTerm(channels, heads, max_map_size, window))
-        self.unary = UnaryTerm(channels, heads) if self.uses_unary else None
+        self.unary = UnaryTerm(channels, heads, unary) if self.uses_unary else None
 
     def attend(self, x: torch.Tensor, diagonal: str):
         """The binary term's attention on x: (out, a_ii or None, v) per head, before the merge."""
@@ -200,9 +210,10 @@ class BinaryOnly(AttentionFusion):
 class UnaryOnly(Fusion):
     """The conv-enhanced local term alone."""
 
-    def __init__(self, channels: int, *, heads: int = 8, stride: int = 1):
+    def __init__(self, channels: int, *, heads: int = 8, stride: int = 1,
+                 unary: str = "grouped"):
         super().__init__(channels, stride=stride)
-        self.unary = UnaryTerm(channels, heads)
+        self.unary = UnaryTerm(channels, heads, unary)
 
     def fuse(self, x):
         return self.unary(x), 1.0
@@ -216,7 +227,10 @@ class SoftmaxFusion(AttentionFusion):
         out, a_ii, v = self.attend(x, "report")
         u = self.unary(x).flatten(2).transpose(1, 2).unflatten(-1, (self.binary.heads, -1))
         u = u.transpose(1, 2)  # (B, heads, L, dv), the same channel split as v
-        out = out + a_ii.unsqueeze(-1) * (u - v)
+        swap = a_ii.unsqueeze(-1) * (u - v)
+        if out.shape[-1] > swap.shape[-1]:  # raster positions: the value term stays as it is
+            swap = F.pad(swap, (0, out.shape[-1] - swap.shape[-1]))
+        out = out + swap
         return self.merge(out, x), a_ii.detach().unflatten(-1, x.shape[-2:])
 
 
@@ -234,9 +248,10 @@ class DynamicFusion(AttentionFusion):
     and position (FC = 1x1 conv, 2C -> C -> C)."""
 
     def __init__(self, channels: int, *, heads: int = 8, stride: int = 1,
-                 max_map_size: int = 64, window: int | None = None):
+                 max_map_size: int = 64, window: int | None = None, logits: str = "scaled",
+                 positions: str = "relative2d", unary: str = "grouped"):
         super().__init__(channels, heads=heads, stride=stride, max_map_size=max_map_size,
-                         window=window)
+                         window=window, logits=logits, positions=positions, unary=unary)
         self.gate = nn.Sequential(  # in-place ReLUs: on the fresh cat and BN outputs
             nn.ReLU(inplace=True),
             Pointwise(2 * channels, channels),
@@ -265,9 +280,10 @@ class StaticFusion(AttentionFusion):
     initialisation (c = 0.5 = E[sigmoid(z)], z ~ N(0, 1)), nothing learnt about omega."""
 
     def __init__(self, channels: int, *, heads: int = 8, stride: int = 1,
-                 max_map_size: int = 64, window: int | None = None, weight: float = 0.5):
+                 max_map_size: int = 64, window: int | None = None, weight: float = 0.5,
+                 logits: str = "scaled", positions: str = "relative2d", unary: str = "grouped"):
         super().__init__(channels, heads=heads, stride=stride, max_map_size=max_map_size,
-                         window=window)
+                         window=window, logits=logits, positions=positions, unary=unary)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(f"static fusion weight must be a number >= 0, got {weight!r}")
         self.weight = float(weight)

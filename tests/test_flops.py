@@ -39,3 +39,16 @@ def test_windowed_term_counts_its_attention():
     # over 16 keys, 2 heads
     attention = 2 * 2 * 64 * 16 * (8 + 16)
     assert forward_flops(windowed, x) >= projection + attention
+
+
+def test_explicit_path_of_the_raster_positions_counts_its_attention():
+    # the release's raster positions run on the explicit path: q k^T, a v, the positional
+    # logits (q and k against the table's 2L - 1 columns) and the value term are all counted
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, 4, 4)
+    module = lesa.LESA2d(32, heads=2, fusion="sa", positions="raster", max_map_size=4)
+    projection = count_flops(lambda: module.fusion.binary.qkv(x))
+    length, d, dv = 16, 8, 16
+    attention = 2 * 2 * length * length * (d + dv)  # q k^T and a v, 2 heads
+    positional = 2 * 2 * length * (2 * length - 1) * (2 * d + dv)  # q.r_q, k.r_k, value term
+    assert forward_flops(module, x) >= projection + attention + positional

@@ -45,10 +45,11 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def backbone_kwargs(model: dict) -> dict:
+def backbone_kwargs(model: dict, task: str = "classification") -> dict:
     """`lesa.build_backbone` keyword arguments from a resolved `model` section (every task
     builds its backbone through this, so a new model key reaches all tasks). `init_seed` is
-    not a config key: `build_task` sets it to the run's seed."""
+    not a config key: `build_task` sets it to the run's seed. `task` picks the release preset
+    that `model.release` selects."""
     kwargs = dict(fusion=model["fusion"], heads=model["heads"],
                   output_stride=model["output_stride"],
                   attention_stages=tuple(model["attention_stages"]),
@@ -64,6 +65,15 @@ def backbone_kwargs(model: dict) -> dict:
         kwargs["init_seed"] = model["init_seed"]
     if model["fusion"] == "static":  # the other strategies take no options
         kwargs["fusion_options"] = {"weight": model.get("static_weight", 0.5)}
+    if model.get("release"):
+        kwargs["release"] = task
+    for key in ("logits", "positions", "unary"):  # null: the default, or the release's
+        if model.get(key) is not None:
+            kwargs[key] = model[key]
+    if model.get("deformable_stages") is not None:
+        kwargs["deformable_stages"] = tuple(model["deformable_stages"])
+    if model.get("width", 1.0) != 1.0:
+        kwargs["width"] = model["width"]
     return kwargs
 
 

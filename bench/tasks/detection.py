@@ -144,7 +144,7 @@ class DetectionTask(L.LightningModule):
         self.save_hyperparameters()
         options = detection_options(model)
         backbone = lesa.build_backbone(
-            model["backbone"], in_channels=in_channels, **backbone_kwargs(model))
+            model["backbone"], in_channels=in_channels, **backbone_kwargs(model, "detection"))
         if len(backbone.feature_channels) != len(options["anchor_sizes"]):
             raise ValueError(f"model.detection.anchor_sizes needs one size per backbone stage "
                              f"({len(backbone.feature_channels)})")
