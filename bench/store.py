@@ -42,14 +42,28 @@ class RunState(str, Enum):
         return format(self.value, spec)
 
 
+class StoreWriteError(OSError):
+    """A run's file could not be written (disk full, no permission): names the file and why.
+    Whatever was half-written is removed first."""
+
+    def __init__(self, path, err: OSError):
+        super().__init__(err.errno, f"could not write {path}: {err.strerror or err}")
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write then rename, so a reader (or a kill) never sees a half-written file."""
+    """Write then rename, so a reader (or a kill) never sees a half-written file; a failed
+    write leaves the old file and no temp, and raises StoreWriteError."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise StoreWriteError(path, err) from None
 
 
 def _read_json(path: Path) -> dict | None:
@@ -101,6 +115,15 @@ class RunDir:
         status.update(fields, updated=now())
         write_atomic(self.path / "status.json", json.dumps(status, indent=2))
         return status
+
+    def write_error_log(self, text: str) -> bool:
+        """error.log (the traceback of a failed run); False when it cannot be written (a full
+        disk: the failure is still recorded in status.json if that can be)."""
+        try:
+            write_atomic(self.path / "error.log", text)
+            return True
+        except StoreWriteError:
+            return False
 
     def write_metrics(self, metrics: dict) -> None:
         write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2, default=float))

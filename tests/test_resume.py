@@ -180,7 +180,19 @@ def _assert_identical(results: Path, reference: Path):
     assert metrics["test"] == ref_metrics["test"]
     assert metrics["best_val"] == ref_metrics["best_val"]
     assert metrics["epochs"] == ref_metrics["epochs"] == 3
+    # the training log continues across the resumes: every row as in the uninterrupted run
+    # (but the wall-clock speed), train/loss_epoch over whole epochs
+    rows, ref_rows = (_log_rows(r) for r in (rd, run_dirs(reference, "tiny")[rd.id]))
+    assert rows == ref_rows and any(r["train/loss_epoch"] for r in rows)
     return rd
+
+
+def _log_rows(rd) -> list[dict]:
+    import csv
+
+    with open(rd.path / "logs" / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "train/images_per_s"}
+                for row in csv.DictReader(f)]
 
 
 @pytest.fixture

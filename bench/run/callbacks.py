@@ -9,7 +9,7 @@ import torch
 
 import lesa
 from bench.report import flops
-from bench.run.signals import save_on_stop
+from bench.run.signals import hand_stop_to_lightning, save_on_stop, stop_requested
 
 
 def forward_flops(module: torch.nn.Module, example: torch.Tensor) -> int:
@@ -44,7 +44,8 @@ class CostsAndShares(L.Callback):
         self.summary["backbone_params"] = sum(p.numel() for p in backbone.parameters())
         lesa.record_shares(backbone, False)
         self.summary["gflops"] = forward_flops(backbone, pl_module.example_input_array) / 1e9
-        if trainer.logger is not None and trainer.is_global_zero:
+        # once per run: a resumed run has this row in its log already (bench/run/metrics_log.py)
+        if trainer.logger is not None and trainer.is_global_zero and trainer.ckpt_path is None:
             trainer.logger.log_metrics({"cost/params": self.summary["params"],
                                         "cost/gflops": self.summary["gflops"]}, step=0)
 
@@ -75,7 +76,20 @@ class CostsAndShares(L.Callback):
         pl_module.log(f"{stage}/unary_share", summary["unary"])
         for name, value in summary["per_stage"].items():
             pl_module.log(f"{stage}/unary_share_{name}", value)
-        self.summary[f"{stage}_shares"] = summary
+        if not pl_module.trainer.sanity_checking:  # a resumed run's sanity check is no result
+            self.summary[f"{stage}_shares"] = summary
+
+    # the last validation's shares and the speed measured so far, for a run resumed after its
+    # last validation (it validates no more)
+    RESUMED = ("val_shares", "train_images_per_s")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint["costs_and_shares"] = {k: self.summary[k] for k in self.RESUMED
+                                          if k in self.summary}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.state.fn == "fit":  # not when trainer.test loads best.ckpt's weights
+            self.summary.update(checkpoint.get("costs_and_shares") or {})
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._start_eval(pl_module)
@@ -163,9 +177,10 @@ class DivergenceGuard(L.Callback):
 
 
 class SaveOnInterrupt(L.Callback):
-    """Save last.ckpt on a stop (Ctrl-C or SIGTERM), so a re-run resumes from there.
+    """Save last.ckpt when a stop (Ctrl-C or SIGTERM) ends training at a point it can resume
+    from exactly, so a re-run resumes from there (bench/run/signals.py says which points).
 
-    Only on interrupts: after a crash the last good epoch checkpoint is worth more. (Lightning's
+    Only on stops: after a crash the last good checkpoint is worth more. (Lightning's
     OnExceptionCheckpoint saves on any exception and deletes its file at teardown.)
     """
 
@@ -174,6 +189,27 @@ class SaveOnInterrupt(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         save_on_stop(trainer, self.path, exception)
+
+
+class StopAtSafePoint(L.Callback):
+    """Hands a requested stop to Lightning's graceful stop where it may act, and holds it back
+    through a validation, which must run to its end (bench/run/signals.py)."""
+
+    def on_train_start(self, trainer, pl_module):
+        hand_stop_to_lightning(trainer)  # Lightning clears its flag when fit starts
+
+    def on_test_start(self, trainer, pl_module):
+        hand_stop_to_lightning(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        hand_stop_to_lightning(trainer)
+
+    def on_validation_start(self, trainer, pl_module):
+        hand_stop_to_lightning(trainer)  # held back: validating
+
+    def on_validation_end(self, trainer, pl_module):
+        # in fit, Lightning checks the flag next back in training, at the epoch's end
+        trainer._signal_connector.received_sigterm = trainer.state.fn == "fit" and stop_requested()
 
 
 class LogLines(L.Callback):
@@ -194,7 +230,9 @@ class LogLines(L.Callback):
             self._print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
                         f"batch {batch_idx + 1}/{trainer.num_training_batches}")
 
-    def on_validation_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):
+        # not at the epoch end: the epoch's metrics (and those the task logs in its own
+        # on_validation_epoch_end) reach callback_metrics after the epoch-end hooks
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()

@@ -20,6 +20,11 @@ ends with the same weights and metrics as a run never interrupted:
 - `RunIdentityAndRng` stores the torch/numpy/python RNG states and the run's identity in the
   checkpoint; the RNG states are put back when training restarts, the identity guards against
   resuming a run from another config's checkpoint (bench/run/resume.py reads it back).
+- `EpochAggregates` stores the epoch's running sums of what training_step logs, so a resumed
+  epoch's train/loss_epoch averages all its batches. (The training log's rows: metrics_log.py;
+  where Ctrl-C and SIGTERM stop: signals.py.)
+- A checkpoint write that fails (disk full) removes its temp file and raises StoreWriteError,
+  naming the file: the run fails with that one reason, the previous checkpoint stays.
 
 Lightning does not save RNG states, and does not skip already-seen batches of a plain sampler
 (it warns and starts the epoch's data over), hence the hand-written parts.
@@ -40,15 +45,21 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Sampler
 
 from bench.run.signals import stops_held
+from bench.store import StoreWriteError
 
-KILL_ENV = "LESA_BENCH_TEST_KILL_AT"  # tests only: "save:N", "step:N" or "val:N" -> SIGKILL self
+KILL_ENV = "LESA_BENCH_TEST_KILL_AT"  # tests only: "save:N", "step:N", "optim:N" (inside step N,
+# before its optimizer step), "val:N" or "test:N" (batches) -> SIGKILL self
+# (a third part sends another signal instead: "step:N:INT", "val:N:TERM")
 
 
 def maybe_die(point: str, count: int) -> None:
-    """SIGKILL this process at a test's chosen point (LESA_BENCH_TEST_KILL_AT=point:count)."""
+    """Signal this process at a test's chosen point (LESA_BENCH_TEST_KILL_AT=point:count)."""
     wanted = os.environ.get(KILL_ENV)
-    if wanted and wanted == f"{point}:{count}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    if not wanted:
+        return
+    where, _, name = wanted.partition(":")[2].partition(":")
+    if wanted.split(":")[0] == point and where == str(count):
+        os.kill(os.getpid(), getattr(signal, f"SIG{name or 'KILL'}"))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -65,22 +76,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def _save(self, checkpoint, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        keep = path.with_name(f".last.prev.{os.getpid()}.tmp")
         AtomicCheckpointIO.saves += 1
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            maybe_die("save", AtomicCheckpointIO.saves)  # a kill mid-save leaves only the temp
-            os.fsync(f.fileno())
-        if path.name == "last.ckpt" and path.exists():
-            keep = path.with_name(f".last.prev.{os.getpid()}.tmp")
-            try:
-                os.link(path, keep)  # a second name for the old file: no copy, no gap
-            except OSError:
-                shutil.copy2(path, keep)
-            os.replace(keep, path.with_name("last.prev.ckpt"))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                maybe_die("save", AtomicCheckpointIO.saves)  # a kill mid-save leaves the temp
+                os.fsync(f.fileno())
+            if path.name == "last.ckpt" and path.exists():
+                try:
+                    os.link(path, keep)  # a second name for the old file: no copy, no gap
+                except OSError:
+                    shutil.copy2(path, keep)
+                os.replace(keep, path.with_name("last.prev.ckpt"))
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:  # torch.save reports a failed write as either
+            tmp.unlink(missing_ok=True)
+            keep.unlink(missing_ok=True)
+            raise StoreWriteError(path, _os_error(err)) from None
         _fsync_dir(path.parent)
         AtomicCheckpointIO.saved_steps[str(path)] = checkpoint.get("global_step", -1)
+
+
+def _os_error(err: BaseException) -> OSError:
+    """The OSError behind a failed write: torch.save's zip writer wraps it in a RuntimeError
+    (whose message carries the errno's text, e.g. "No space left on device")."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return OSError(None, first)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -159,11 +187,17 @@ class RunIdentityAndRng(L.Callback):
                 torch.cuda.set_rng_state_all(self._rng["cuda"])
             self._rng = None
 
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        maybe_die("optim", trainer.global_step + 1)  # tests: inside training step N
+
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                                 dataloader_idx=0):
         if not trainer.sanity_checking:
             self._val_batches += 1
             maybe_die("val", self._val_batches)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        maybe_die("test", batch_idx + 1)
 
 
 def _numpy_state() -> tuple:
@@ -279,3 +313,102 @@ class ResumableData(L.Callback):
         epoch = (fit.get("epoch_progress") or {}).get("current") or {}
         if states and epoch.get("processed", 0) < epoch.get("started", 0):
             self.pending = states[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# epoch aggregates
+
+
+def epoch_ended_unlogged(trainer) -> bool:
+    """Whether a save now is at the end of a training epoch whose end Lightning has not logged
+    yet (ModelCheckpoint saves in on_train_epoch_end): a resume from it starts the next epoch
+    and never logs this epoch's end (metrics_log.py keeps that row in the checkpoint)."""
+    epoch = trainer.fit_loop.epoch_progress.current
+    return bool(trainer.training and epoch.processed == epoch.started
+                and epoch.completed < epoch.processed)
+
+
+class EpochAggregates(L.Callback):
+    """Keeps the running epoch aggregates of what training_step logs (the sums behind
+    train/loss_epoch) in mid-epoch checkpoints, and puts them back on resume.
+
+    Lightning keeps them in the training loop's result collection, which it does not save: a run
+    resumed mid-epoch averaged only the batches after the resume. They come back into that
+    collection (Lightning computes and logs the epoch value as ever): added to the first resumed
+    batch's values (the sum in the same order as an uninterrupted run's, so equal to the bit),
+    or, when the epoch has no batch left, registered before the epoch ends.
+    """
+
+    REDUCTIONS = ("mean", "sum", "max", "min")
+
+    def __init__(self):
+        self._restored: dict | None = None
+
+    @staticmethod
+    def _results(trainer):
+        return trainer.fit_loop.epoch_loop._results
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if self._restored:  # restored and not put back yet: nothing was added since
+            checkpoint["epoch_aggregates"] = self._restored
+            return
+        saved = {}
+        if epoch_ended_unlogged(trainer):  # resumes in the next epoch (the row is kept)
+            checkpoint["epoch_aggregates"] = saved
+            return
+        for key, item in self._results(trainer).items():
+            meta = item.meta
+            reduce = next((r for r in self.REDUCTIONS if meta.reduce_fx is getattr(torch, r)),
+                          None)
+            if item.has_reset or not item.is_tensor or not meta.on_epoch or reduce is None:
+                continue
+            saved[key] = {
+                "fx": meta.fx, "name": meta.name, "prog_bar": meta.prog_bar,
+                "logger": meta.logger, "on_step": meta.on_step, "reduce": reduce,
+                "enable_graph": meta.enable_graph, "add_dataloader_idx": meta.add_dataloader_idx,
+                "metric_attribute": meta.metric_attribute, "sync": meta.sync.should,
+                "rank_zero_only": meta.sync.rank_zero_only,
+                "value": item.value.detach().cpu().clone(),
+                "count": (item.cumulated_batch_size.detach().cpu().clone()
+                          if reduce == "mean" else None)}
+        checkpoint["epoch_aggregates"] = saved
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.state.fn == "fit":  # not when trainer.test loads best.ckpt's weights
+            self._restored = checkpoint.get("epoch_aggregates") or None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._put_back(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._put_back(trainer)
+
+    def _put_back(self, trainer) -> None:
+        if not self._restored:
+            return
+        results = self._results(trainer)
+        for key, saved in self._restored.items():
+            item = results.get(key)
+            if item is None or item.has_reset:  # not logged since the resume
+                value = saved["value"].to(trainer.strategy.root_device)
+                results.log(saved["fx"], saved["name"], value, prog_bar=saved["prog_bar"],
+                            logger=saved["logger"], on_step=saved["on_step"], on_epoch=True,
+                            reduce_fx=saved["reduce"], enable_graph=saved["enable_graph"],
+                            sync_dist=saved["sync"], sync_dist_fn=trainer.strategy.reduce,
+                            add_dataloader_idx=saved["add_dataloader_idx"], batch_size=1,
+                            metric_attribute=saved["metric_attribute"],
+                            rank_zero_only=saved["rank_zero_only"])
+                item = results[key]
+                item.value = value.to(item.value.dtype)
+                if saved["count"] is not None:
+                    item.cumulated_batch_size = saved["count"].to(value.device)
+                continue
+            value = saved["value"].to(item.value.device)
+            if saved["reduce"] in ("mean", "sum"):
+                item.value = value + item.value
+            else:
+                item.value = getattr(torch, saved["reduce"])(value, item.value)
+            if saved["count"] is not None:
+                item.cumulated_batch_size = (saved["count"].to(item.value.device)
+                                             + item.cumulated_batch_size)
+        self._restored = None

@@ -1,13 +1,24 @@
-"""Stop signals: Ctrl-C and SIGTERM stop a run, which saves a checkpoint and is marked
-interrupted; a stop that lands in a checkpoint write waits for the write.
+"""Stop signals: Ctrl-C and SIGTERM stop a run at the next point it can resume from exactly,
+where it saves a checkpoint and is marked interrupted.
 
-SIGTERM (what SLURM and other schedulers send before killing) raises `Terminated`, a
-KeyboardInterrupt, so every `except KeyboardInterrupt` treats it as a Ctrl-C. Passing a stop on to
-worker processes is bench/run/workers.py's.
+While a run trains or tests (`stops_deferred`), a stop is handed to Lightning's own graceful
+stop: it sets the Trainer's `received_sigterm`, and Lightning raises `SIGTERMException` at the
+end of the current training batch (after its metrics are logged) or at the end of the epoch;
+`SaveOnInterrupt` (bench/run/callbacks.py) saves there. A stop is not raised where it lands: in
+the middle of a step the saved state would mix the batch in flight with the one before, and a
+checkpoint from the middle of a validation loses the metrics accumulated so far. So a stop
+during validation waits for the validation to end (`StopAtSafePoint`). Further stops change
+nothing (as in Lightning, which ignores them while it shuts down); `kill -9` stops at once, and
+the resume from the last checkpoint is exact too.
+
+Outside a run (loading data, between runs), SIGTERM raises `Terminated`, a KeyboardInterrupt, so
+every `except KeyboardInterrupt` treats it as a Ctrl-C. Passing a stop on to worker processes is
+bench/run/workers.py's.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -23,34 +34,84 @@ class RunInterrupted(Exception):
 _saving = False  # set once an interrupted run starts saving (save_on_stop)
 
 
+class _Deferral:
+    trainer = None  # the Trainer whose fit or test runs now: stops are handed to it
+    requested: int | None = None  # the first stop signal it received
+
+
 def saving_after_stop() -> None:
-    """Mark this process as saving after a stop: a SIGTERM is ignored from here on."""
+    """Mark this process as saving after a stop: further stops are ignored from here on."""
     global _saving
     _saving = True
 
 
+def stop_requested() -> bool:
+    """Whether a stop came while the current run trained or tested."""
+    return _Deferral.requested is not None
+
+
+def lightning_may_stop(trainer) -> bool:
+    """Whether Lightning's graceful stop may act now: in training and testing, not in a
+    validation (nor the sanity check), where it would stop mid-way (module docstring)."""
+    return bool(trainer.training or trainer.testing)
+
+
+def hand_stop_to_lightning(trainer) -> None:
+    """Set (or, in a validation, hold back) Lightning's stop flag for a requested stop."""
+    if _Deferral.requested is not None:
+        trainer._signal_connector.received_sigterm = lightning_may_stop(trainer)
+
+
+@contextlib.contextmanager
+def stops_deferred(trainer):
+    """While the block runs (a run's fit and test), a stop is handed to `trainer` instead of
+    raised where it lands."""
+    global _saving
+    _Deferral.trainer, _Deferral.requested, _saving = trainer, None, False
+    try:
+        yield
+    finally:
+        _Deferral.trainer = None
+
+
+def _on_stop(signum, frame):
+    if _saving:
+        return  # the --jobs parent's copy of a stop must not cut the save short
+    trainer = _Deferral.trainer
+    if trainer is None:
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    if _Deferral.requested is None:  # further stops change nothing (Lightning ignores them too)
+        os.write(2, b"\nstopping where the run can resume from exactly (the end of this "
+                    b"step or validation)\n")
+        _Deferral.requested = signum
+    # Lightning's own SIGTERM handler ran before this one and set the flag: set or hold it back
+    hand_stop_to_lightning(trainer)
+
+
 def install_stop_signals() -> None:
-    """SIGTERM raises `Terminated`, so the run saves a checkpoint and is marked interrupted, as
-    on Ctrl-C.
+    """SIGTERM and Ctrl-C stop a run at its next exact resume point (module docstring).
 
-    Once the run is saving (`saving_after_stop`), a SIGTERM is ignored: a worker of `run --jobs`
+    Once the run is saving (`saving_after_stop`), a stop is ignored: a worker of `run --jobs`
     or `sweep --workers` that got a terminal's Ctrl-C (the whole process group gets it) is sent
-    a SIGTERM by its parent too, which must not cut the checkpoint save short (Lightning ignores
-    further Ctrl-Cs then, for the same reason). Before that point the SIGTERM still stops: a
-    first interrupt that Python swallowed (one raised inside a finalizer is only printed) must
-    not leave the worker training on."""
-
-    def on_term(signum, frame):
-        if not _saving:
-            raise Terminated()
-
-    signal.signal(signal.SIGTERM, on_term)
+    a SIGTERM by its parent too, which must not cut the checkpoint save short. A SIGINT that is
+    ignored (a background job of a non-interactive shell) stays ignored."""
+    signal.signal(signal.SIGTERM, _on_stop)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_stop)
 
 
 def save_on_stop(trainer, path, exception: BaseException) -> None:
-    """On a stop (not on other exceptions) save the checkpoint at `path`; from here on a second
-    stop (the --jobs parent's copy of a Ctrl-C) is ignored, so it cannot cut the save short."""
-    if isinstance(exception, KeyboardInterrupt):
+    """At Lightning's graceful stop (`SIGTERMException`) in training, save the checkpoint at
+    `path`; from here on a further stop is ignored, so it cannot cut the save short.
+
+    Nothing is saved on other exceptions (after a crash the last good checkpoint is worth more),
+    on a raw KeyboardInterrupt (raised mid-step: the state is not one to resume from), nor in a
+    validation, the sanity check or a test: the last checkpoint stands for those."""
+    from lightning.pytorch.trainer.states import TrainerFn
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if (isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING
+            and trainer.training):
         saving_after_stop()
         trainer.save_checkpoint(path)
 
