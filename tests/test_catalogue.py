@@ -217,6 +217,7 @@ class Case:
     slow: bool = False
     # "training" | "validation" | "test" [":TERM"]: SIGINT (SIGTERM) there, in a subprocess
     signal_at: str | None = None
+    absent: tuple[str, ...] = ()  # fragments the output must not hold (a raw Python warning)
 
 
 def _exp_case(content: dict | str, named: str):
@@ -329,6 +330,102 @@ def _signal_case(ws):
 
     (run,) = load_experiment(exp).runs
     return ws.run_argv(exp), run.id
+
+
+# --- cases added with issue 25: every value checked at load, inputs never misread ------------
+
+
+def _dry_case(named: str, **sections):
+    """TINY with these sections updated, through `run --dry-run`: refused at load."""
+    def setup(ws):
+        return ws.run_argv(ws.experiment(**sections), "--dry-run"), named
+    return setup
+
+
+def _text_case(text: str, named: str):
+    def setup(ws):
+        return ws.run_argv(ws.experiment(raw=text), "--dry-run"), named
+    return setup
+
+
+def _argv_case(*extra: str, named: str, command: str = "run", dry: bool = True):
+    def setup(ws):
+        argv = [command, str(ws.experiment()), "--results", str(ws.results), *extra]
+        return argv + (["--dry-run"] if dry and command == "run" else []), named
+    return setup
+
+
+def _models_case(*extra: str, named: str):
+    return lambda ws: (["models", "--backbone", "resnet_tiny", *extra], named)
+
+
+def _report_case(*extra, named: Callable[[Workspace], str]):
+    """`report` of the tiny experiment; extra may hold callables (ws -> a path argument)."""
+    def setup(ws):
+        args = [a(ws) if callable(a) else a for a in extra]
+        return ["report", str(ws.experiment()), "--results", str(ws.results), *args], named(ws)
+    return setup
+
+
+def _folder(ws):
+    (ws.root / "out").mkdir(exist_ok=True)
+    return str(ws.root / "out")
+
+
+def _under_a_file(name):
+    def path(ws):
+        (ws.root / "a-file").write_text("a file where a folder should be")
+        return str(ws.root / "a-file" / name)
+    return path
+
+
+def _bundle_collapse(ws):
+    exp = ws.experiment(matrix={"task": [{"model.fusion": "conv"}, {"model.fusion": "sa"}],
+                                "seed": [1]})
+    return ws.run_argv(exp, "--set", "model.fusion=sa", "--dry-run"), "model.fusion=sa"
+
+
+def _link_case(make_link, named):
+    """An ImageFolder tree with a link made by make_link(root) -> the path the message names."""
+    def build(ws):
+        root = image_tree(ws.root / "data")
+        return imagefolder_exp(ws, root), named(make_link(root))
+    return _data_case(build)
+
+
+def _link(at: Path, to: Path) -> Path:
+    at.symlink_to(to, target_is_directory=to.is_dir())
+    return at
+
+
+def _float_image(ws):
+    import numpy as np
+    from PIL import Image
+
+    root = image_tree(ws.root / "data")
+    Image.fromarray(np.full((12, 10), 7.5, np.float32)).save(root / "val" / "cat" / "f.tif")
+    return imagefolder_exp(ws, root), str(root / "val" / "cat" / "f.tif")
+
+
+def _coco_images(edit_json):
+    """The tiny COCO folder with its train.json edited by edit_json(dict)."""
+    def edit(root):
+        path = root / "annotations" / "train.json"
+        data = json.loads(path.read_text())
+        edit_json(data)
+        path.write_text(json.dumps(data))
+    return _coco(edit=edit, named=lambda r: str(r / "annotations" / "train.json"))
+
+
+def _oom(ws):
+    # 1e7 px a side: more than any address space, so the allocation fails on every machine
+    exp = ws.experiment(data={"image_size": 10_000_000, "batch_size": 2}, trainer=QUICK_TRAINER)
+    return ws.run_argv(exp), "data.image_size"
+
+
+def _coco_clipped(ws):
+    root = coco_folder(ws.root / "coco", bad_box([25, 3, 10, 5]))
+    return ws.run_argv(coco_exp(ws, root)), str(root / "annotations" / "train.json")
 
 
 _TRAIN_HINT = "run the same command to resume it"
@@ -467,6 +564,188 @@ CATALOGUE: list[Case] = [
          _signal_case, _TRAIN_HINT, code=130, slow=True, signal_at="test"),
     Case("sigterm-training", "signal", "SIGTERM (a scheduler's notice) during training",
          _signal_case, _TRAIN_HINT, code=130, slow=True, signal_at="training:TERM"),
+    # --- every value checked at load (run --dry-run refuses it) ------------------------------
+    Case("exp-duplicate-key", "experiment file", "a section written twice (model: twice)",
+         _text_case("name: tiny\nmodel: {fusion: conv}\nseed: 1\nmodel: {heads: 2}\n",
+                    "tiny.yaml"), "line 4: key 'model' appears twice in one mapping"),
+    Case("exp-duplicate-key-in-matrix", "experiment file", "a matrix axis written twice (seed:)",
+         _text_case("name: tiny\nmatrix:\n  seed: [0, 1]\n  model.fusion: [conv]\n"
+                    "  seed: [2]\n", "tiny.yaml"), "key 'seed' appears twice"),
+    Case("exp-stages-empty", "experiment file",
+         "model.attention_stages: [] with an attention strategy (no LESA module at all)",
+         _dry_case("model.attention_stages", model={"attention_stages": []},
+                   matrix={"model.fusion": ["dynamic"]}),
+         "would build a network without a single LESA module"),
+    Case("exp-stages-repeated", "experiment file", "a stage listed twice in attention_stages",
+         _dry_case("model.attention_stages", model={"attention_stages": [3, 3]}),
+         "a stage is listed twice"),
+    Case("exp-image-size-zero", "experiment file", "data.image_size: 0",
+         _dry_case("data.image_size", data={"image_size": 0}), "must be positive, got 0"),
+    Case("exp-image-size-negative", "experiment file", "data.image_size: -5",
+         _dry_case("data.image_size", data={"image_size": -5}), "must be positive, got -5"),
+    Case("exp-image-size-scenes", "experiment file", "digit_scenes canvases below 32 px",
+         _dry_case("data.image_size", data={"name": "digit_scenes", "image_size": 16},
+                   replace=("data",)),
+         "must be an integer >= 32, got 16"),
+    Case("exp-seed-negative", "experiment file", "seed: -1",
+         _dry_case("seed", matrix={"model.fusion": ["conv"], "seed": [-1]}),
+         "must be an integer >= 0 and <= 4294967295"),
+    Case("exp-seed-too-large", "experiment file", "a seed beyond 2^32",
+         _dry_case("seed", seed=2**32, matrix={"model.fusion": ["conv"]}),
+         "(seeds are unsigned 32-bit numbers), got 4294967296"),
+    Case("exp-split-seed-too-large", "experiment file", "data.split_seed beyond 2^32",
+         _dry_case("data.split_seed", data={"split_seed": 2**40}), "<= 4294967295"),
+    Case("exp-weight-decay-negative", "experiment file", "optim.weight_decay: -1.0",
+         _dry_case("optim.weight_decay", optim={"weight_decay": -1.0}),
+         "must be a number >= 0, got -1.0"),
+    Case("exp-momentum-one", "experiment file", "optim.momentum: 1.0 (never decays)",
+         _dry_case("optim.momentum", optim={"momentum": 1.0}), "a number >= 0 and < 1"),
+    Case("exp-lr-not-finite", "experiment file", "optim.lr: .nan",
+         _text_case("name: tiny\noptim: {lr: .nan}\n", "optim.lr"),
+         "must be a finite number, got nan"),
+    Case("exp-label-smoothing", "experiment file", "optim.label_smoothing: 1.0",
+         _dry_case("optim.label_smoothing", optim={"label_smoothing": 1.0}), "< 1"),
+    Case("exp-warmup-negative", "experiment file", "optim.warmup_epochs: -1",
+         _dry_case("optim.warmup_epochs", optim={"warmup_epochs": -1}), "must be a number >= 0"),
+    Case("exp-lr-batch-wrong-type", "experiment file", "optim.lr_batch (null by default): 'big'",
+         _dry_case("optim.lr_batch", optim={"lr_batch": "big"}), "expected null or an integer"),
+    Case("exp-batch-size-zero", "experiment file", "data.batch_size: 0",
+         _dry_case("data.batch_size", data={"batch_size": 0}), "must be positive"),
+    Case("exp-num-workers-negative", "experiment file", "data.num_workers: -2",
+         _dry_case("data.num_workers", data={"num_workers": -2}), "an integer >= 0"),
+    Case("exp-fractions-too-large", "experiment file", "val + test fractions of 1 or more",
+         _dry_case("data.val_fraction", data={"val_fraction": 0.5, "test_fraction": 0.6}),
+         "must be below 1"),
+    Case("exp-heads-zero", "experiment file", "model.heads: 0",
+         _dry_case("model.heads", model={"heads": 0}), "must be positive"),
+    Case("exp-max-epochs-zero", "experiment file", "trainer.max_epochs: 0",
+         _dry_case("trainer.max_epochs", trainer={"max_epochs": 0}), "must be positive"),
+    Case("exp-limit-batches-above-one", "experiment file", "limit_train_batches: 1.5 (a float)",
+         _dry_case("trainer.limit_train_batches", trainer={"limit_train_batches": 1.5}),
+         "a float is the fraction of the batches (at most 1.0)"),
+    Case("exp-accumulate-zero", "experiment file", "trainer.accumulate_grad_batches: 0",
+         _dry_case("trainer.accumulate_grad_batches", trainer={"accumulate_grad_batches": 0}),
+         "must be positive"),
+    Case("exp-clip-wrong-type", "experiment file", "trainer.gradient_clip_val: '1' (a string)",
+         _dry_case("trainer.gradient_clip_val", trainer={"gradient_clip_val": "1"}),
+         "expected null or a number, got '1'"),
+    Case("exp-precision-unknown", "experiment file", "an unknown trainer.precision (fp16)",
+         _dry_case("trainer.precision", trainer={"precision": "fp16"}),
+         "'fp16' is not allowed"),
+    Case("exp-precision-on-cpu", "experiment file", "16-mixed on the CPU",
+         _dry_case("trainer.precision", trainer={"precision": "16-mixed"}),
+         "is not supported on the CPU"),
+    Case("exp-validation-never", "experiment file", "check_val_every_n_epoch > max_epochs",
+         _dry_case("trainer.check_val_every_n_epoch",
+                   trainer={"check_val_every_n_epoch": 5, "max_epochs": 2}),
+         "validation (which picks the best checkpoint) would never run"),
+    Case("exp-bool-as-string", "experiment file", "a flag written as a string (augment: 'false')",
+         _dry_case("data.augment", data={"augment": "false"}), "expected bool, got string"),
+    Case("exp-root-wrong-type", "experiment file", "data.root: 5 (not a path)",
+         _dry_case("data.root", data={"root": 5}), "expected null or a string (a path)"),
+    Case("exp-fpn-channels", "experiment file", "model.detection.fpn_channels not a multiple of 32",
+         _dry_case("model.detection.fpn_channels", data={"name": "digit_scenes"},
+                   replace=("data",), model={"detection": {"fpn_channels": 48}}),
+         "must be a multiple of 32"),
+    # --- command line: every flag checked, user text printed as typed --------------------------
+    Case("cli-set-scalar-on-section", "command line", "--set data=5 (a section set to a number)",
+         _argv_case("--set", "data=5", named="data=5"), "data: expected a mapping, got int 5"),
+    Case("cli-set-list-echoed", "command line", "--set with a bracketed value, echoed as typed",
+         _argv_case("--set", "model.fusion=[conv, sa]", named="model.fusion=[conv, sa]"),
+         "['conv', 'sa'] is not allowed"),
+    Case("cli-set-section-mapping", "command line",
+         "--set model={fusion: sa}: sets model.fusion, keeps the other model keys",
+         _argv_case("--set", "model={fusion: sa}", named="sa-digits-s1"), "dry run (1 runs)",
+         code=0),
+    Case("cli-set-collapses-axis", "command line", "--set on the key a bundle axis varies",
+         _bundle_collapse, "which the matrix axis task varies"),
+    Case("cli-set-duplicate-key", "command line", "--set with a key written twice",
+         _argv_case("--set", "model={heads: 2, heads: 4}", named="model={heads: 2, heads: 4}"),
+         "key 'heads' appears twice"),
+    Case("cli-only-unknown-value", "command line", "--only with a misspelt value (dynamc)",
+         _argv_case("--only", "model.fusion=dynamc", named="model.fusion=dynamc"),
+         "'dynamc' is not allowed (did you mean 'dynamic'?)"),
+    Case("cli-only-value-not-in-matrix", "command line", "--only a seed the matrix lacks",
+         _argv_case("--only", "seed=7", named="seed=7"), "no run has seed = 7; this matrix has 1"),
+    Case("cli-jobs-zero", "command line", "run --jobs 0",
+         _argv_case("--jobs", "0", named="--jobs 0", dry=False), "must be a positive integer"),
+    Case("cli-sweep-trials-zero", "command line", "sweep --trials 0",
+         _argv_case("--trials", "0", named="--trials 0", command="sweep"),
+         "must be a positive integer"),
+    Case("cli-models-size-zero", "command line", "models --size 0",
+         _models_case("--size", "0", named="--size 0"), "must be a positive integer"),
+    Case("cli-models-unknown-backbone", "command line", "models --backbone resnet5O",
+         lambda ws: (["models", "--backbone", "resnet5O"], "--backbone resnet5O"),
+         "not a backbone (did you mean 'resnet50'?)"),
+    Case("cli-models-classes-zero", "command line", "models --classes 0",
+         _models_case("--classes", "0", named="--classes 0"), "must be a positive integer"),
+    # --- report outputs --------------------------------------------------------------------------
+    Case("report-output-folder", "report", "report -o on a folder",
+         _report_case("--format", "json", "-o", _folder, named=_folder), "is a folder"),
+    Case("report-output-unwritable", "report", "report -o under a file (cannot be created)",
+         _report_case("--format", "csv", "-o", _under_a_file("r.csv"),
+                      named=_under_a_file("r.csv")), "is a file, not a folder"),
+    Case("report-plot-folder", "report", "report --plot on a folder",
+         _report_case("--plot", _folder, named=_folder), "is a folder; give a file name in it"),
+    Case("report-plot-unknown-format", "report", "report --plot p.xyz",
+         _report_case("--plot", lambda ws: str(ws.root / "p.xyz"),
+                      named=lambda ws: str(ws.root / "p.xyz")),
+         "cannot tell the format from '.xyz'"),
+    Case("report-min-effect-negative", "report", "report --min-effect -1",
+         _report_case("--min-effect", "-1", named=lambda ws: "--min-effect -1"),
+         "must be a positive number"),
+    Case("report-no-results-for-these-settings", "report",
+         "report --set on runs trained with other settings: the advice keeps --results and --set",
+         _report_case("--set", "trainer.max_epochs=3", "--format", "json",
+                      named=lambda ws: str(ws.results)),
+         "--set trainer.max_epochs=3` first", code=0),
+    Case("convert-output-unwritable", "outputs", "convert into a folder that cannot be created",
+         lambda ws: (["convert", "digit-scenes", _under_a_file("coco")(ws)],
+                     _under_a_file("coco")(ws)), "choose another output folder"),
+    Case("convert-unknown-option", "command line", "convert digit-scenes --set of a misspelt key",
+         lambda ws: (["convert", "digit-scenes", str(ws.root / "coco"), "--set",
+                      "trainimages=3"], "trainimages"), "(did you mean 'train_images'?)"),
+    # --- inputs a reader would misread ----------------------------------------------------------
+    Case("imagefolder-link-to-split", "data", "a link in a class folder to the split above it",
+         _link_case(lambda r: _link(r / "train" / "cat" / "up", r / "train"), str),
+         "outside its class folder"),
+    Case("imagefolder-link-loop", "data", "a link in a class folder to itself (a loop)",
+         _link_case(lambda r: _link(r / "train" / "cat" / "again", r / "train" / "cat"), str),
+         "link loop"),
+    Case("imagefolder-link-other-class", "data", "a link to another class's folder",
+         _link_case(lambda r: _link(r / "train" / "cat" / "dogs", r / "train" / "dog"), str),
+         "its images would be labelled 'cat'"),
+    Case("imagefolder-file-link-other-class", "data", "an image link into another class folder",
+         _link_case(lambda r: _link(r / "val" / "cat" / "x.png", r / "val" / "dog" / "0.png"),
+                    str), "outside its class folder"),
+    Case("imagefolder-broken-link", "data", "a link to an image that does not exist",
+         _link_case(lambda r: _link(r / "val" / "cat" / "gone.png", r / "nowhere.png"), str),
+         "broken link"),
+    Case("imagefolder-float-image", "data", "a float image outside [0, 1] (PIL mode F)",
+         _data_case(_float_image), "float images must lie in [0, 1]", code=1, slow=True),
+    Case("coco-duplicate-image", "data", "one image file listed twice in images",
+         _data_case(_coco_images(lambda d: d["images"].append(
+             {**d["images"][0], "id": 9}))), "both name the file a.png"),
+    Case("coco-duplicate-annotation-id", "data", "two annotations with the same id",
+         _data_case(_coco_images(lambda d: d["annotations"].append(
+             {**d["annotations"][0], "bbox": [1, 1, 4, 4]}))), "appears twice in annotations"),
+    Case("coco-crowd-flag-string", "data", "iscrowd written as the string \"false\"",
+         _data_case(_coco([{**bad_box([3, 3, 4, 5])[0], "iscrowd": "false"}],
+                          named=lambda r: str(r / "annotations" / "train.json"))),
+         "iscrowd is 'false'; expected 0 or 1"),
+    Case("coco-malformed-bbox", "data", "a bbox of strings, echoed with its brackets",
+         _data_case(_coco(bad_box(["15", "2", "3", "4"]),
+                          named=lambda r: str(r / "annotations" / "train.json"))),
+         "malformed bbox ['15', '2', '3', '4']; expected [x, y, width, height]"),
+    Case("coco-nan-bbox", "data", "a bbox holding NaN, echoed with its value",
+         _data_case(_coco(bad_box([float("nan"), 2, 3, 4]),
+                          named=lambda r: str(r / "annotations" / "train.json"))),
+         "malformed bbox [nan, 2, 3, 4]"),
+    Case("coco-clipped-box", "data", "a box sticking out of its image: clipped, one warning line",
+         _coco_clipped, "warning: ", code=0, slow=True, absent=("UserWarning", "warnings.warn")),
+    # --- failures while training ------------------------------------------------------------------
+    Case("run-out-of-memory", "run", "an image size no memory holds (data.image_size: 1e7)",
+         _oom, "out of memory", code=1),
 ]
 
 
@@ -534,6 +813,8 @@ def test_bad_input(case: Case, ws: Workspace, capsys):
     assert squash(case.expect) in squash(out), f"{case.expect!r} not in:\n{out}"
     assert squash(named) in squash(out), f"the input {named!r} is not named in:\n{out}"
     assert ws.snapshot() == before, "the finished run's files changed"
+    for fragment in case.absent:
+        assert fragment not in out, f"{fragment!r} in:\n{out}"
     if case.signal_at:
         from bench.store import RunDir
 

@@ -46,3 +46,34 @@ def test_models_table_counts_parameters(capsys):
     params = {k: int(v.split("|")[2].strip().replace(",", "")) for k, v in rows.items()}
     assert params["sa"] == params["binary"]  # the same weights, a different mask
     assert params["softmax"] == params["sum"] < params["dynamic"]  # the gate costs parameters
+
+
+def test_report_without_results_keeps_stdout_parseable_and_gives_the_full_command(tmp_path,
+                                                                                capsys):
+    import json
+
+    exp = ROOT / "experiments" / "digits.yaml"
+    argv = ["report", str(exp), "--results", str(tmp_path), "--set", "trainer.max_epochs=3",
+            "--only", "seed=0", "--format", "json"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["runs"] > 0  # nothing but the JSON on stdout
+    advice = " ".join(out.err.split())
+    assert "no results yet" in advice
+    assert (f"lesa-bench run {exp} --results {tmp_path} --set trainer.max_epochs=3 --only "
+            f"seed=0` first") in advice
+
+
+def test_report_output_is_written_whole_and_its_format_follows_its_name(tmp_path, capsys):
+    import json
+
+    exp = ROOT / "experiments" / "digits.yaml"
+    target = tmp_path / "out" / "report.json"
+    assert main(["report", str(exp), "--results", str(tmp_path), "-o", str(target)]) == 0
+    assert json.loads(target.read_text())["experiment"] == "digits"
+    assert [p.name for p in target.parent.iterdir()] == ["report.json"]  # no temp file left
+    assert target.stat().st_mode & 0o044  # the usual mode, not mkstemp's 0600
+    assert main(["report", str(exp), "--results", str(tmp_path), "-o",
+                 str(tmp_path / "report.txt")]) == 2
+    assert "give --format" in capsys.readouterr().out
+    assert not (tmp_path / "report.txt").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,70 @@ def test_shipped_experiments_build_every_run(name):
         recipe = exp.runs[0].config["optim"]
         assert (recipe["lr"], recipe["lr_batch"], recipe["weight_decay"],
                 recipe["warmup_epochs"], recipe["nesterov"]) == (0.05, 128, 8e-5, 5, True)
+
+
+def _numeric_leaves(cfg: dict, prefix: str = ""):
+    for key, value in cfg.items():
+        if isinstance(value, dict) and value:
+            yield from _numeric_leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("dataset", sorted(config.CHOICES["data.name"]))
+def test_every_numeric_key_has_a_range_checked_at_load(dataset):
+    """A class of mistake, not one key: every number of every dataset's config refuses -1 (and
+    NaN where it is a float), naming the key, before anything is built."""
+    from bench.config.checks import NULLABLE
+
+    keys = dict(_numeric_leaves(config.schema_for(dataset)))
+    keys.update({k: 1 for k, kind in NULLABLE.items() if kind in (int, float)
+                 and k.split(".")[0] != "data" and (dataset in ("coco", "digit_scenes")
+                                                    or not k.startswith("model.detection"))})
+    assert len(keys) > 20
+    for key, default in keys.items():
+        for bad in (-1, float("nan")) if isinstance(default, float) else (-1,):
+            raw = {"data": {"name": dataset}}
+            config.set_dotted(raw, key, bad)
+            with pytest.raises(ConfigError, match=re.escape(key)):
+                resolve_raw = config.resolve(raw)
+                pytest.fail(f"{key}: {bad} accepted: {resolve_raw}")
+
+
+def test_keys_written_twice_are_refused_in_files_and_in_set_values(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: twice\nmodel:\n  fusion: conv\n  heads: 2\n  fusion: sa\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: line 5: key 'fusion' appears twice "
+                                          r"in one mapping \(first on line 3\)"):
+        load_experiment(path)
+    # a merge key (<<: *anchor) may be overridden: not a key written twice
+    path.write_text("name: twice\nx: &m {heads: 2, max_size: 16}\nmodel: {<<: *m, heads: 4}\n")
+    with pytest.raises(ConfigError, match="x: unknown top-level key"):
+        load_experiment(path)
+    path.write_text("name: twice\nmodel: {heads: 2}\n")
+    with pytest.raises(ConfigError, match=r"--set model=\{heads: 2, heads: 4\}: key 'heads'"):
+        load_experiment(path, ["model={heads: 2, heads: 4}"])
+
+
+def test_set_of_a_mapping_on_a_section_sets_its_keys_and_keeps_the_others(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("name: x\nmodel: {heads: 2, max_size: 16}\n"
+                    "matrix: {model.fusion: [conv, dynamic], seed: [0, 1]}\n")
+    exp = load_experiment(path, ["model={fusion: sa, window: {4: 2}}"])
+    assert {(r.config["model"]["fusion"], r.config["model"]["heads"]) for r in exp.runs} == \
+        {("sa", 2)} and len(exp.runs) == 2  # the fusion axis collapsed, seeds kept
+    with pytest.raises(ConfigError, match="--set model=5: model: expected a mapping"):
+        load_experiment(path, ["model=5"])
+
+
+def test_only_refuses_what_selects_nothing(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("name: x\nmatrix:\n  task:\n    - {model.fusion: conv, seed: 0}\n"
+                    "    - {model.fusion: sa, seed: 1}\n")
+    assert len(load_experiment(path, only=["model.fusion=sa", "seed=1"]).runs) == 1
+    with pytest.raises(ConfigError, match="no run matches all of these together"):
+        load_experiment(path, only=["model.fusion=sa", "seed=0"])
+    with pytest.raises(ConfigError, match=r"no run has seed = 3; this matrix has 0, 1"):
+        load_experiment(path, only=["seed=3"])
+    with pytest.raises(ConfigError, match=r"not a config key \(did you mean 'optim.lr'\?\)"):
+        load_experiment(path, only=["optim.lrr=1"])

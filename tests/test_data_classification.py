@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 import shutil
 
 import numpy as np
@@ -312,3 +313,70 @@ def test_corrupt_image_raises_data_error_naming_the_file(tmp_path):
     dm.setup()
     with pytest.raises(DataError, match=str(bad)):
         list(dm.val_dataloader())
+
+
+@pytest.mark.parametrize("mode, pixels, expected", [
+    # 16-bit grey: scaled to 8 bits, not clipped to white (PIL's convert("RGB") gives 255)
+    ("I;16", np.array([[0, 257 * 100, 65535]], np.uint16), [0, 100, 255]),
+    ("I", np.array([[0, 257 * 100, 65535]], np.int32), [0, 100, 255]),
+    ("F", np.array([[0.0, 0.5, 1.0]], np.float32), [0, 128, 255]),
+    ("L", np.array([[0, 100, 255]], np.uint8), [0, 100, 255]),
+])
+def test_every_image_mode_is_read_for_what_it_holds(tmp_path, mode, pixels, expected):
+    from bench.data.pixels import to_rgb
+
+    image = Image.fromarray(pixels)
+    assert image.mode == mode
+    path = tmp_path / ("x.tif" if mode in ("I", "F") else "x.png")
+    image.save(path)
+    with Image.open(path) as opened:
+        rgb = np.asarray(to_rgb(opened, path))
+    assert rgb.shape == (1, 3, 3) and rgb.dtype == np.uint8
+    assert rgb[0, :, 0].tolist() == expected and (rgb[..., 0] == rgb[..., 2]).all()
+
+
+def test_alpha_palette_and_cmyk_images_convert_and_bad_ranges_are_refused(tmp_path):
+    from bench.data.pixels import to_rgb
+
+    # alpha: composited over black, whatever colour a transparent pixel hides
+    la = Image.fromarray(np.array([[[200, 255], [200, 0]]], np.uint8))
+    assert la.mode == "LA"
+    assert np.asarray(to_rgb(la, "la.png"))[0, :, 0].tolist() == [200, 0]
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
+    palette.putdata([1, 0])
+    palette.info["transparency"] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's "palette with transparency" warning: none
+        assert np.asarray(to_rgb(palette, "p.png"))[0].tolist() == [[250, 10, 10], [0, 0, 0]]
+    cmyk = Image.new("CMYK", (1, 1), (0, 255, 255, 0))
+    assert np.asarray(to_rgb(cmyk, "c.jpg"))[0, 0].tolist() == [255, 0, 0]
+    with pytest.raises(DataError, match=r"f\.tif: float pixels from 0 to 7\.5"):
+        to_rgb(Image.fromarray(np.array([[0.0, 7.5]], np.float32)), "f.tif")
+    with pytest.raises(DataError, match=r"big\.tif: 32-bit integer pixels"):
+        to_rgb(Image.fromarray(np.array([[0, 70000]], np.int32)), "big.tif")
+
+
+def test_a_16_bit_png_in_an_imagefolder_is_not_white(tmp_path):
+    make_tree(tmp_path)
+    path = tmp_path / "val" / "cat" / "deep.png"
+    Image.fromarray(np.full((12, 10), 257 * 60, np.uint16)).save(path)
+    dm = ImageFolderData(seed=0, root=tmp_path, batch_size=3, image_size=8)
+    dm.setup()
+    assert np.asarray(dm.val_set._load(str(path))).max() == 60  # PIL alone: 255, white
+
+
+def test_links_in_class_folders_are_followed_or_refused_naming_the_link(tmp_path):
+    make_tree(tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}-shared"
+    outside.mkdir()
+    Image.new("RGB", (10, 12)).save(outside / "extra.png")
+    (tmp_path / "train" / "cat" / "shared").symlink_to(outside, target_is_directory=True)
+    dm = ImageFolderData(seed=0, root=tmp_path, batch_size=3, image_size=8)
+    dm.check()  # a link out of the tree: followed, its images under the folder's label
+    assert sum(p.endswith("extra.png") and label == 0
+               for p, label in dm._samples["train"]) == 1
+    loop = tmp_path / "train" / "dog" / "loop"
+    loop.symlink_to(tmp_path / "train" / "dog", target_is_directory=True)
+    with pytest.raises(DataError, match=f"link loop: {loop}"):
+        ImageFolderData(seed=0, root=tmp_path, batch_size=3, image_size=8).check()

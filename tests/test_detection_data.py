@@ -226,6 +226,23 @@ def test_slightly_outside_box_is_clipped_with_a_counted_warning(tmp_path):
     assert targets[0]["boxes"].tolist() == [[28, 10, 32, 14], [0, 0, 4, 5]]
 
 
+def test_listed_twice_is_fatal_and_a_16_bit_image_is_read_for_its_values(tmp_path):
+    from bench.data import DataWarning
+
+    expect_error(coco_root(tmp_path / "a", [ann(1, 1, [2, 2, 4, 4])], ("a.png", "a.png")),
+                 "train.json", "image ids 1 and 2 both name the file a.png")
+    expect_error(coco_root(tmp_path / "b", [ann(1, 1, [2, 2, 4, 4]), ann(1, 2, [2, 2, 4, 4])]),
+                 "train.json", "annotation id 1 appears twice")
+    dm = coco_root(tmp_path / "c", [ann(1, 1, [28, 10, 6, 4])])
+    deep = np.full((32, 32), 257 * 90, np.uint16)  # PIL mode I;16
+    Image.fromarray(deep).save(tmp_path / "c" / "train" / "a.png")
+    with pytest.warns(DataWarning):  # the CLI prints it as one `warning:` line
+        dm.check()
+    dm.setup("fit")
+    image = dm.train_set._image(0)
+    assert image.shape == (3, 32, 32) and round(float(image.max()) * 255) == 90  # not white
+
+
 def test_coco_paths_and_root_errors(tmp_path):
     with pytest.raises(DataError, match="annotation file .* not found"):
         COCOData(seed=0, root=str(tmp_path)).check()

@@ -28,10 +28,11 @@ import yaml
 
 from lesa.names import did_you_mean
 
-from bench.config.schema import (DEFAULTS, ID_WHEN_SET, NOT_IN_ID, TOP_LEVEL, ConfigError,
-                                 check_keys, get_dotted, resolve, schema_for, set_dotted,
-                                 type_name)
+from bench.config.schema import (CHOICES, DEFAULTS, ID_WHEN_SET, NOT_IN_ID, TOP_LEVEL,
+                                 ConfigError, check_keys, get_dotted, resolve, schema_for,
+                                 set_dotted, type_name)
 from bench.config.sweep import validate_sweep
+from bench.data import DATASETS
 
 
 def _without_nulls(value):
@@ -74,15 +75,64 @@ class Experiment:
     raw: dict = field(default_factory=dict)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key written twice (plain YAML keeps the last one
+    without a word: a second `model:` would drop the first one's keys)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+                seen[key] = seen.get(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line "
+                    f"{first}); YAML would keep only the last one: merge them",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def parse_assignment(text: str, flag: str) -> tuple[str, object]:
     if "=" not in text or not text.split("=", 1)[0].strip():
         raise ConfigError(f"{flag} {text!r}: expected KEY=VALUE, e.g. {flag} trainer.max_epochs=2")
     key, value = text.split("=", 1)
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = parse_yaml(value) if value.strip() else ""
+    except yaml.constructor.ConstructorError as err:
+        raise ConfigError(f"{flag} {text}: {err.problem}") from None
     except yaml.YAMLError:
         parsed = value
     return key.strip(), parsed
+
+
+def _is_section(dotted: str) -> bool:
+    """A config section (a mapping of keys) in the schema of any dataset."""
+    for data_name in DATASETS:
+        node = schema_for(data_name)
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node:
+            return True
+    return False
+
+
+def _flatten(key: str, value) -> list[tuple[str, object]]:
+    """`--set model={fusion: sa}` -> [("model.fusion", "sa")]: a mapping set on a config section
+    sets its keys (as `--set model.fusion=sa` would, a matrix axis on it included), and keeps
+    the section's other keys."""
+    if isinstance(value, dict) and value and _is_section(key):
+        return [pair for k, v in value.items() for pair in _flatten(f"{key}.{k}", v)]
+    return [(key, value)]
 
 
 def _expand(base: dict, matrix: dict) -> list[tuple[dict, dict]]:
@@ -144,9 +194,14 @@ def load_experiment(path: str | Path, overrides: list[str] = (), only: list[str]
             hint = did_you_mean(path.name, options)
         raise ConfigError(f"experiment file {str(path)!r} not found{hint}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
+    except yaml.constructor.ConstructorError as err:
+        where = f"line {err.problem_mark.line + 1}: " if err.problem_mark else ""
+        raise ConfigError(f"{path}: {where}{err.problem}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the experiment file: {err}") from None
     try:
         return experiment_from_dict(raw, path, overrides, only)
     except ConfigError as err:
@@ -157,7 +212,7 @@ def _where(message: str, path: Path, overrides) -> str:
     """Say where the bad value came from: the --set that set the key, else the file."""
     if message.startswith(("--", str(path))):
         return message
-    key = message.split(":", 1)[0]
+    key = message.replace(":", " ").split(" ", 1)[0]
     for text in overrides:
         set_key = text.split("=", 1)[0].strip()
         if key == set_key or key.startswith(f"{set_key}.") or set_key.startswith(f"{key}."):
@@ -181,16 +236,16 @@ def experiment_from_dict(raw, path: Path | None = None, overrides=(), only=()) -
     matrix = copy.deepcopy(raw.get("matrix") or {})
     late = []  # set after the matrix: --set wins over a bundle axis that sets the same key
     for text in overrides:
-        key, value = parse_assignment(text, "--set")
-        if key in matrix:
-            matrix[key] = [value]
-        else:
-            late.append((key, value))
+        for key, value in _flatten(*parse_assignment(text, "--set")):
+            if key in matrix:
+                matrix[key] = [value]
+            else:
+                late.append((key, value, text))
     expanded = _expand(base, matrix)
     # a key of one task or dataset (model.detection.*, a dataset's data.* option) goes to the
     # runs that have it; a key no run has, to the runs that know most of it (the unknown-key
     # error then names the closest key: model.detection.head_conv -> head_convs)
-    for key, value in late:
+    for key, value, _ in late:
         set_dotted(base, key, value)
         depths = [_known_depth(raw, key) for raw, _ in expanded]
         for (raw_run, _), depth in zip(expanded, depths):
@@ -201,28 +256,89 @@ def experiment_from_dict(raw, path: Path | None = None, overrides=(), only=()) -
         cfg = _with_axis_errors(lambda: resolve(raw_run), labels)
         cfg["name"] = name
         runs.append(Run(run_id(cfg), cfg, labels))
-    filters: dict[str, list] = {}
-    for text in only:
-        key, value = parse_assignment(text, "--only")
-        filters.setdefault(key, []).append(value)
-    for key, values in filters.items():
-        try:
-            for run in runs:
-                run.get(key)
-        except (KeyError, TypeError):
-            raise ConfigError(f"--only {key}: not a config key; give a dotted key and a value, "
-                              f"e.g. --only model.fusion=sa") from None
-        runs = [r for r in runs if r.get(key) in values or str(r.get(key)) in map(str, values)]
     seen = {}
     for run in runs:
         if run.id in seen:
-            raise ConfigError(f"matrix: two runs resolve to the same config ({run.id}); an axis "
-                              f"repeats a value or sets a key another axis also sets")
+            raise ConfigError(_same_config(seen[run.id], run, late))
         seen[run.id] = run
+    runs = _select(runs, only)
     sweep = raw.get("sweep")
     if sweep is not None:
         sweep = validate_sweep(sweep, runs)
     return Experiment(name, path, base, matrix, runs, sweep, raw)
+
+
+def _same_config(first: Run, second: Run, late: list) -> str:
+    """Why two runs of the matrix resolve to one config: a --set that overrides what an axis
+    varies, else the experiment file's axes."""
+    varied = [axis for axis in first.axes if first.axes[axis] != second.axes.get(axis)]
+    keys = {k for axis in varied for k in (first.axes[axis] if isinstance(first.axes[axis], dict)
+                                           else {axis: None})}
+    for key, _, text in late:
+        if key in keys:
+            return (f"--set {text}: sets {key}, which the matrix axis {', '.join(varied)} "
+                    f"varies, so its runs become one config ({first.id}); drop the --set, or "
+                    f"pick runs with --only")
+    return (f"matrix: two runs resolve to the same config ({first.id}); an axis repeats a value "
+            f"or sets a key another axis also sets")
+
+
+def _select(runs: list[Run], only) -> list[Run]:
+    """--only KEY=VALUE (repeatable; values of one key are alternatives): a key no run has, or
+    a value no run has, is an error naming the values there are."""
+    filters: dict[str, list] = {}
+    texts: dict[str, list] = {}
+    for text in only:
+        key, value = parse_assignment(text, "--only")
+        filters.setdefault(key, []).append(value)
+        texts.setdefault(key, []).append(text)
+    selected = runs
+    for key, values in filters.items():
+        present = [value for run in runs for value in _value_of(run, key)]
+        if not present:  # no run has it (a key of one dataset only matches that one's runs)
+            leaves = sorted({k for run in runs for k in _leaves(run.config)})
+            raise ConfigError(f"--only {key}: not a config key{did_you_mean(key, leaves)}; give "
+                              f"a dotted key and a value, e.g. --only model.fusion=sa")
+        names = list(dict.fromkeys(str(v) for v in present))
+        for value, text in zip(values, texts[key]):
+            if key in CHOICES and value not in CHOICES[key]:
+                raise ConfigError(f"--only {text}: {key}: {value!r} is not allowed"
+                                  f"{did_you_mean(value, CHOICES[key])}; choose from "
+                                  f"{', '.join(map(str, CHOICES[key]))} (this matrix has "
+                                  f"{', '.join(names)})")
+            if not any(_matches(p, value) for p in present):
+                raise ConfigError(f"--only {text}: no run has {key} = {value!r}"
+                                  f"{did_you_mean(str(value), names)}; this matrix has "
+                                  f"{', '.join(names)}")
+        selected = [r for r in selected
+                    if any(_matches(p, v) for p in _value_of(r, key) for v in values)]
+    runs = selected
+    if only and not runs:
+        raise ConfigError(f"--only {' --only '.join(only)}: no run matches all of these "
+                          f"together")
+    return runs
+
+
+def _value_of(run: Run, key: str) -> list:
+    """[the run's value of a dotted key], or [] where its config has no such key."""
+    try:
+        return [run.get(key)]
+    except (KeyError, TypeError):
+        return []
+
+
+def _matches(present, wanted) -> bool:
+    return present == wanted or str(present) == str(wanted)
+
+
+def _leaves(cfg: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in cfg.items():
+        if isinstance(value, dict) and value:
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def shard(runs: list[Run], spec: str | None) -> list[Run]:

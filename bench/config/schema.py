@@ -9,7 +9,10 @@ import copy
 
 from lesa.names import did_you_mean
 
-from bench.data import COMMON_OPTIONS, DATASETS
+from bench.config.checks import PRECISIONS, meaning_error, nullable_type_error, range_error
+from bench.config.loggers import logger_error
+from bench.data import COMMON_OPTIONS, DATASETS, DataError
+from bench.data.options import check_options
 from bench.tasks import TASKS
 
 
@@ -29,7 +32,11 @@ DEFAULTS: dict = {
     "model": {"backbone": "resnet_tiny", "fusion": "dynamic", "heads": 8, "output_stride": 32,
               "attention_stages": [3, 4], "max_size": 64, "stem": None, "window": None,
               "recompute_attention": False, "channels_last": False,
-              "static_weight": 0.5},  # c of `static` (U + c * B)
+              "static_weight": 0.5,  # c of `static` (U + c * B)
+              # the released code's choices (docs/library.md): `release` selects the task's
+              # preset; the four option keys (null: the default, or the preset's) win over it
+              "release": False, "logits": None, "positions": None, "unary": None,
+              "deformable_stages": None, "width": 1.0},  # width: bottleneck width multiplier
     "optim": {"name": "sgd", "lr": 0.1, "lr_batch": None, "momentum": 0.9, "nesterov": True,
               "weight_decay": 5e-4, "warmup_epochs": 1.0, "label_smoothing": 0.0},
     "trainer": {"max_epochs": 10, "accelerator": "cpu", "devices": 1, "strategy": "auto",
@@ -37,7 +44,8 @@ DEFAULTS: dict = {
                 "limit_val_batches": 1.0, "limit_test_batches": 1.0,
                 "gradient_clip_val": None, "accumulate_grad_batches": 1,
                 "check_val_every_n_epoch": 1, "log_every_n_steps": 10,
-                "checkpoint_every_n_steps": 200},
+                "checkpoint_every_n_steps": 200,
+                "loggers": ["csv"], "mlflow_uri": None},  # bench/config/loggers.py
 }
 
 CHOICES = {
@@ -47,22 +55,25 @@ CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "model.output_stride": (16, 32),
     "model.stem": (None, "imagenet", "small", "cifar"),
+    "model.logits": (None, "scaled", "batchnorm"),
+    "model.positions": (None, "relative2d", "raster"),
+    "model.unary": (None, "grouped", "deformable"),
     "trainer.accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
+    "trainer.precision": PRECISIONS,
 }
 # keys that do not change what a run computes, so they stay out of its id
 NOT_IN_ID = {("data", "num_workers"), ("trainer", "log_every_n_steps"),
              ("model", "recompute_attention"),  # the same weights rebuilt: memory, not results
-             ("trainer", "checkpoint_every_n_steps")}
+             ("trainer", "checkpoint_every_n_steps"),
+             ("trainer", "loggers"), ("trainer", "mlflow_uri")}  # where it is logged, not what
 # keys added after runs were stored: in the id only when set away from this (their default)
 # value, so the runs stored before them keep their ids
 ID_WHEN_SET = {("model", "channels_last"): False,  # changes the gradients' rounding
-               ("model", "static_weight"): 0.5}
+               ("model", "static_weight"): 0.5, ("model", "release"): False,
+               ("model", "width"): 1.0}
 # numbers that Lightning accepts as int or float
 INT_OR_FLOAT = {"trainer.limit_train_batches", "trainer.limit_val_batches",
                 "trainer.limit_test_batches", "optim.warmup_epochs"}
-POSITIVE = {"data.batch_size", "trainer.max_epochs", "trainer.devices", "model.heads",
-            "optim.lr", "model.max_size"}
-NON_NEGATIVE = {"data.split_seed", "model.static_weight"}
 TOP_LEVEL = ("name", "seed", "data", "model", "optim", "trainer", "matrix", "sweep",
              "description")
 
@@ -102,7 +113,10 @@ def _check_value(path: str, value, default) -> None:
     if path in CHOICES and value not in CHOICES[path]:
         raise ConfigError(f"{path}: {value!r} is not allowed{did_you_mean(value, CHOICES[path])}; "
                           f"choose from {_allowed(CHOICES[path])}")
-    if default is None or value is None and default is None:
+    if default is None:
+        error = nullable_type_error(path, value) or range_error(path, value)
+        if error:
+            raise ConfigError(error)
         return
     ok = type(value) is type(default)
     if isinstance(default, float) or path in INT_OR_FLOAT:
@@ -112,11 +126,9 @@ def _check_value(path: str, value, default) -> None:
     if not ok:
         raise ConfigError(f"{path}: expected {type_name(default)}, got {type_name(value)} "
                           f"{value!r}")
-    if path in POSITIVE and value <= 0:
-        raise ConfigError(f"{path}: must be positive, got {value!r}")
-    if path in NON_NEGATIVE and value < 0:
-        kind = "a number" if isinstance(default, float) else "an integer"
-        raise ConfigError(f"{path}: must be {kind} >= 0, got {value!r}")
+    error = range_error(path, value, integer=type(default) is int)
+    if error:
+        raise ConfigError(error)
 
 
 def _merge(base: dict, update: dict, schema: dict, prefix: str) -> None:
@@ -138,9 +150,13 @@ def set_dotted(cfg: dict, dotted: str, value) -> None:
     keys = dotted.split(".")
     target = cfg
     for key in keys[:-1]:
+        if not isinstance(target, dict):
+            break
         target = target.setdefault(key, {})
         if not isinstance(target, dict):
             raise ConfigError(f"{dotted}: {key} is not a section")
+    if not isinstance(target, dict):
+        raise ConfigError(f"{dotted}: {'.'.join(keys[:-1])} is not a section")
     target[keys[-1]] = value
 
 
@@ -153,13 +169,21 @@ def get_dotted(cfg: dict, dotted: str):
 
 def resolve(raw: dict) -> dict:
     """Defaults + raw (a nested dict without matrix/sweep), validated: the resolved run config."""
+    for section in ("data", "model", "optim", "trainer"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}: expected a mapping, got {type_name(raw[section])} "
+                              f"{raw[section]!r}")
     data_name = (raw.get("data") or {}).get("name", DEFAULTS["data"]["name"])
     _check_value("data.name", data_name, "")
     schema = schema_for(data_name)
     cfg = copy.deepcopy(schema)
     _merge(cfg, raw, schema, "")
+    try:
+        check_options(cfg["data"])
+    except DataError as err:
+        raise ConfigError(str(err)) from None
     stages = cfg["model"]["attention_stages"]
-    if not all(isinstance(s, int) and 1 <= s <= 4 for s in stages):
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 4 for s in stages):
         raise ConfigError(f"model.attention_stages: {stages!r}: stages are numbered 1-4")
     window = cfg["model"]["window"]
     sizes = window.values() if isinstance(window, dict) else [window]
@@ -168,4 +192,12 @@ def resolve(raw: dict) -> dict:
                    str(k) in "1234" and len(str(k)) == 1 for k in window):
         raise ConfigError(f"model.window: {window!r}: expected null (global attention), a "
                           f"window size like 8, or per stage like {{3: null, 4: 8}}")
+    deformable = cfg["model"]["deformable_stages"]
+    if deformable is not None and not (isinstance(deformable, list) and all(
+            isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 4 for s in deformable)):
+        raise ConfigError(f"model.deformable_stages: {deformable!r}: expected null or a list of "
+                          f"stages numbered 1-4, like [2, 3, 4]")
+    error = meaning_error(cfg) or logger_error(cfg["trainer"])
+    if error:
+        raise ConfigError(error)
     return cfg

@@ -28,6 +28,10 @@ class DataError(ValueError):
     """Unusable data: the message names the file or folder and says what to do."""
 
 
+class DataWarning(UserWarning):
+    """Data the suite repaired (a clipped box): the CLI prints it as one `warning:` line."""
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     task: str  # "classification" or "detection"

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bench.data import DATASETS, DataError
+from bench.data.options import fraction, int_range, positive_int  # noqa: F401 - re-exported
 
 SPLITS = ("train", "val", "test")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -96,28 +97,6 @@ def stratified_split(labels: np.ndarray, fractions: list[float], seed: int) -> l
         parts.append(np.sort(order[start:start + size]))
         start += size
     return [np.sort(order[start:])] + parts
-
-
-def positive_int(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DataError(f"data.{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def int_range(name: str, value, lowest: int) -> tuple[int, int]:
-    ok = (isinstance(value, (list, tuple)) and len(value) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
-    if not ok or not lowest <= value[0] <= value[1]:
-        raise DataError(f"data.{name} must be a list [low, high] of integers with "
-                         f"{lowest} <= low <= high, got {value!r}")
-    return int(value[0]), int(value[1])
-
-
-def fraction(name, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise DataError(f"data.{name} must be a number between 0 and 1 (exclusive), "
-                         f"got {value!r}")
-    return float(value)
 
 
 class SeededDataModule(L.LightningDataModule):

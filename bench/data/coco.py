@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bench.data import DataError
+from bench.data import DataError, DataWarning
 from bench.data.base import SPLITS, BatchKey, DetectionData, detection_target
+from bench.data.pixels import to_rgb
 
 
 @dataclass
@@ -91,6 +92,7 @@ def load_coco_split(json_path: Path, image_dir: Path, category_index: dict[int, 
         data = read_coco_json(json_path)
     split = CocoSplit(json_path, image_dir)
     index_of: dict[int, int] = {}
+    file_ids: dict[str, int] = {}
     image_anns: list[list[int]] = []
     for i, image in enumerate(data["images"]):
         if not isinstance(image, dict) or not isinstance(image.get("id"), int) \
@@ -99,16 +101,26 @@ def load_coco_split(json_path: Path, image_dir: Path, category_index: dict[int, 
                             f"integer id and a file_name")
         if image["id"] in index_of:
             raise DataError(f"{json_path}: image id {image['id']} appears twice in images")
+        if image["file_name"] in file_ids:  # trained and scored twice, its boxes split
+            raise DataError(f"{json_path}: image ids {file_ids[image['file_name']]} and "
+                            f"{image['id']} both name the file {image['file_name']}; list each "
+                            f"image once (move the second entry's annotations to the first)")
+        file_ids[image["file_name"]] = image["id"]
         index_of[image["id"]] = i
         image_anns.append([])
         split.files.append(image_dir / image["file_name"])
         split.image_ids.append(image["id"])
     raw: list[list[tuple]] = [[] for _ in data["images"]]
+    ann_ids: set = set()
     for j, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "id" not in ann:
             raise DataError(f"{json_path}: malformed annotation #{j} ({ann!r}): needs an id")
         aid = ann["id"]
         where = f"{json_path}: annotation id {aid}"
+        if repr(aid) in ann_ids:  # the same box counted twice (or two boxes under one id)
+            raise DataError(f"{where} appears twice in annotations; give each annotation its "
+                            f"own id, or remove the copy")
+        ann_ids.add(repr(aid))
         image_id = ann.get("image_id")
         if image_id not in index_of:
             raise DataError(f"{where} refers to image_id {image_id!r}, which is not in images; "
@@ -127,6 +139,10 @@ def load_coco_split(json_path: Path, image_dir: Path, category_index: dict[int, 
         if bbox[2] <= 0 or bbox[3] <= 0:
             raise DataError(f"{where} has a zero-size box {bbox} (width and height must be "
                             f"positive); remove the annotation or fix its bbox")
+        for flag in ("iscrowd", "ignore"):  # bool("false") is True: a string would misread
+            if ann.get(flag, 0) not in (0, 1) or isinstance(ann.get(flag), str):
+                raise DataError(f"{where}: {flag} is {ann.get(flag)!r}; expected 0 or 1 (or "
+                                f"true/false)")
         crowd = int(bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0)))
         area = ann.get("area")
         area = float(area) if _number(area) and area > 0 else float(bbox[2] * bbox[3])
@@ -178,7 +194,8 @@ def load_coco_split(json_path: Path, image_dir: Path, category_index: dict[int, 
         split.areas.append(np.asarray(areas, np.float32))
     if split.clipped:
         warnings.warn(f"{json_path}: clipped {split.clipped} box(es) that stuck out of their "
-                      f"image (first: annotation id {split.first_clipped})", stacklevel=2)
+                      f"image (first: annotation id {split.first_clipped})", DataWarning,
+                      stacklevel=2)
     return split
 
 
@@ -197,7 +214,9 @@ class CocoImages(Dataset):
         path = self.split.files[i]
         try:
             with Image.open(path) as im:
-                array = np.asarray(im.convert("RGB"))
+                array = np.asarray(to_rgb(im, path))
+        except DataError:
+            raise
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on bad files
             raise DataError(f"cannot read image {path}: {e}; replace the file or remove it from "
                             f"{self.split.json_path}") from e

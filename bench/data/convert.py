@@ -52,12 +52,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from bench.data import DataError
+
+    try:
+        return _run(args)
+    except OSError as err:  # the output folder cannot be written (a file there, read-only)
+        raise DataError(f"cannot write {args.dst}: {err.strerror or err} "
+                        f"({err.filename or args.dst}); choose another output folder") from None
+
+
+def _digit_scenes_options(texts: list[str]) -> dict:
+    """--set KEY=VALUE for digit_scenes, checked as the config checks data.* (DataError)."""
+    from bench.config import ConfigError, parse_assignment
+    from bench.data import DATASETS, DataError
+    from bench.data.options import check_options
+    from lesa.names import did_you_mean
+
+    allowed = {**DATASETS["digit_scenes"].options, "split_seed": 0}
+    options = {}
+    for text in texts:
+        try:
+            key, value = parse_assignment(text, "--set")
+        except ConfigError as err:
+            raise DataError(str(err)) from None
+        if key not in allowed:
+            raise DataError(f"--set {text}: {key} is not a digit_scenes option"
+                            f"{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
+        options[key] = value
+    check_options({"name": "digit_scenes", **{**allowed, **options}})
+    return options
+
+
+def _run(args) -> int:
+    from bench.data import DataError
+
     if args.dataset == "visdrone":
         try:
             summary = convert_visdrone(args.src, args.dst, split=args.split, link=args.link)
         except ConvertError as err:
-            from bench.data import DataError
-
             raise DataError(str(err)) from None  # the CLI prints DataErrors without traceback
         for split, counts in summary.items():
             print(f"{split}: {counts['images']} images, {counts['boxes']} boxes, "
@@ -66,14 +98,9 @@ def run(args) -> int:
                   f"{args.dst / 'annotations' / (split + '.json')}")
         return 0
     if args.dataset == "digit-scenes":
-        import yaml
-
         from bench.data.scenes import DigitScenesData
 
-        options = {}
-        for text in args.set:
-            key, _, value = text.partition("=")
-            options[key.strip()] = yaml.safe_load(value)
+        options = _digit_scenes_options(args.set)
         scenes = DigitScenesData(seed=args.seed, **{"split_seed": args.seed, **options})
         folder = scenes.write_coco(args.dst)
         print(f"wrote {folder} (train/, val/, test/, annotations/)")

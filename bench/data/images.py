@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from bench.data import DataError
 from bench.data.augment import random_crop, random_hflip
+from bench.data.pixels import to_rgb
 from bench.data.base import (IMAGENET_MEAN, IMAGENET_STD, BatchKey, ClassificationData,
                              TensorBatches, fraction, stratified_split)
 
@@ -160,12 +161,51 @@ def _class_folders(path: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
-def _image_files(path: Path) -> list[str]:
-    found = []
-    for folder, dirs, files in os.walk(path, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(folder, f) for f in sorted(files)
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _image_files(folder: Path, split: Path) -> list[str]:
+    """The images under one class folder, links followed, in a stable order. Refused, naming
+    the link: a loop (or a second path to a folder already read), a link into the split's other
+    class folders (its images would take this folder's label), a broken link to an image."""
+    own, split_real = os.path.realpath(folder), os.path.realpath(split)
+    seen: set[str] = set()
+    found: list[str] = []
+
+    def check_link(entry, real: str) -> None:
+        if _inside(real, split_real) and not _inside(real, own):
+            raise DataError(f"link {entry.path} points to {real}, outside its class folder "
+                            f"{folder} but inside {split}: its images would be labelled "
+                            f"{folder.name!r}; remove the link or copy the images")
+
+    def walk(path: str) -> None:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise DataError(f"link loop: {path} leads back to {real}, which is already read "
+                            f"(a link to a folder above it, or two links to one folder); remove "
+                            f"the link")
+        seen.add(real)
+        with os.scandir(path) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        folders = []
+        for entry in entries:
+            link = entry.is_symlink()
+            if entry.is_dir():
+                if link:
+                    check_link(entry, os.path.realpath(entry.path))
+                folders.append(entry.path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                if link and not os.path.exists(entry.path):
+                    raise DataError(f"broken link {entry.path} -> {os.readlink(entry.path)}: "
+                                    f"the image it names does not exist; fix or remove it")
+                if link:
+                    check_link(entry, os.path.realpath(entry.path))
+                found.append(entry.path)
+        for sub in folders:
+            walk(sub)
+
+    walk(str(folder))
     return found
 
 
@@ -183,7 +223,9 @@ class ImageFiles(Dataset):
 
         try:
             with open(path, "rb") as f:
-                return Image.open(f).convert("RGB")
+                return to_rgb(Image.open(f), path, exif=True)
+        except DataError:
+            raise
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on bad files
             raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from e
 
@@ -252,7 +294,7 @@ class ImageFolderData(ClassificationData):
         for split in splits:
             samples[split] = []
             for label, name in enumerate(classes["train"]):
-                files = _image_files(self.root / split / name)
+                files = _image_files(self.root / split / name, self.root / split)
                 if not files:
                     raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in "
                                     f"{self.root / split / name}: add its images, or remove "

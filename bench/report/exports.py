@@ -4,12 +4,16 @@ LaTeX (the terminal's tables, from the same builder: bench/report/views.py); the
 analysis in each (bench/report/shares.py)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import os
+import tempfile
+from pathlib import Path
 
-from bench.config import Experiment
+from bench.config import ConfigError, Experiment
 from bench.report.analysis import Analysis, Row, analyse
 from bench.report.records import FLAGGED, RunRecord, environments, flag_lines, flagged
 from bench.report.shares import csv_rows, export_shares
@@ -187,3 +191,62 @@ def export_text(exp, records, fmt: str, analysis: Analysis | None = None) -> str
     if fmt == "md":
         return _md(a, records)
     return _latex(a)
+
+
+def plot_formats() -> list[str]:
+    """The file suffixes matplotlib can save a figure as (png, pdf, svg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def check_output(path: Path, flag: str, suffixes: list[str] | None = None,
+                 example: str = "report.txt") -> None:
+    """ConfigError naming the flag and the path when a report output cannot be written there:
+    checked before the report is computed, so nothing is half-written."""
+    where = f"{flag} {path}"
+    if path.is_dir():
+        raise ConfigError(f"{where}: is a folder; give a file name in it, e.g. "
+                          f"{path / example}")
+    if suffixes is not None and path.suffix.lower().lstrip(".") not in suffixes:
+        raise ConfigError(f"{where}: cannot tell the format from {path.suffix or 'no suffix'!r}; "
+                          f"end the name in one of .{', .'.join(suffixes)}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{where}: {folder} is a file, not a folder; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: the folder {folder} is not writable (read-only or no "
+                          f"permission); choose another path")
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, flag: str):
+    """Yields a temp path beside `path` (same suffix, so a writer can tell the format); renamed
+    over `path` when the block succeeds, removed when it fails: a reader never sees half a
+    file. An OSError becomes a ConfigError naming the flag and the path."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp",
+                                    dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        umask = os.umask(0)  # mkstemp makes 0600; the output gets the usual new-file mode
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
+        yield tmp
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: cannot write it ({err.strerror or err}); choose "
+                          f"another path") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def write_output(path: Path, text: str, flag: str = "--output") -> None:
+    with atomic_output(path, flag) as tmp:
+        tmp.write_text(text)

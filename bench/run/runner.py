@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from bench.config import ConfigError, Experiment, Run
 from bench.run.ddp import ddp_run_id, is_ddp_child
+from bench.run.progress import MatrixProgress, past_durations, runs_snapshot, summary
 from bench.run.signals import RunInterrupted
 from bench.run.train import train_run
 from bench.run.workers import start_workers, wait_for_workers, worker_slot
@@ -68,7 +69,7 @@ def execute(run: Run, run_dir: RunDir, console: Console, label: str = "",
             run_dir.update_status(state=RunState.PRUNED, error=None, finished=now(),
                                   elapsed_s=time.time() - start + previous.get("elapsed_s", 0.0))
             return RunState.PRUNED
-        (run_dir.path / "error.log").write_text(traceback.format_exc())
+        run_dir.write_error_log(traceback.format_exc())  # atomic; False on a full disk
         kind, reason = _failure(err)
         run_dir.update_status(state=RunState.FAILED, error=reason, failure=kind, finished=now(),
                               elapsed_s=time.time() - start + previous.get("elapsed_s", 0.0))
@@ -78,16 +79,24 @@ def execute(run: Run, run_dir: RunDir, console: Console, label: str = "",
         run_dir.unlock()
 
 
+# how torch words a failed allocation outside OutOfMemoryError (the CPU allocator's
+# RuntimeError, cuBLAS/cuDNN failing to get their workspace)
+OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory",
+                 "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
 def _failure(err: BaseException) -> tuple[str, str]:
     """(kind, reason) of a failed run: kind is diverged, out_of_memory or error."""
     name = type(err).__name__
     if name == "Diverged":
         return "diverged", f"diverged: {err}"
-    if isinstance(err, MemoryError) or name == "OutOfMemoryError":
-        first = (str(err).strip().splitlines() or [""])[0]
+    first = (str(err).strip().splitlines() or [""])[0]
+    if isinstance(err, MemoryError) or name == "OutOfMemoryError" or \
+            any(text in first for text in OUT_OF_MEMORY):
         return "out_of_memory", (f"out of memory ({name}: {first}); lower data.batch_size (with "
                                  f"trainer.accumulate_grad_batches to keep the effective batch) "
-                                 f"or use trainer.precision: 16-mixed")
+                                 f"or data.image_size, or use trainer.precision: 16-mixed (GPU) "
+                                 f"/ bf16-mixed")
     return "error", f"{name}: {err}"
 
 
@@ -137,21 +146,22 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
     todo, counts = select(runs, root, retry_failed)
     known = ", ".join(f"{n} {state}" for state, n in counts.items())
     console.print(f"[bold]{exp.name}[/]: {len(runs)} runs ({known}); {len(todo)} to run "
-                  f"-> {root}")
+                  f"-> {escape(str(root))}")
     if counts.get(RunState.FAILED) and not retry_failed:
         console.print(f"  {counts[RunState.FAILED]} failed before: not retried "
                       f"(add --retry-failed)")
     if todo:
         preflight(todo)
-    slot = worker_slot()
+    number = {run.id: i for i, run in enumerate(todo, 1)}  # before the rotation: one numbering
+    slot = worker_slot()                                  # across workers, no two "[1/28]"
     if slot:  # worker k of n starts k/n of the way down the list, so workers rarely collide
         k, n = slot
         todo = todo[k * len(todo) // n:] + todo[:k * len(todo) // n]
     outcomes = {}
     t0 = time.time()
-    for i, run in enumerate(todo, 1):
+    for run in todo:
         run_dir = RunDir(root / run.id)
-        label = f"[{i}/{len(todo)}] {_describe(run)}"
+        label = f"[{number[run.id]}/{len(todo)}] {_describe(run)}"
         resuming = run_dir.last_checkpoint.exists()
         console.print(f"{label}  {'resuming' if resuming else 'starting'} {run.id}")
         t = time.time()
@@ -168,7 +178,9 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
         outcomes[run.id] = outcome
         if outcome == RunState.DONE:
             headline = _headline(run_dir)
-            console.print(f"  [green]done[/] in {time.time() - t:.1f}s {headline}")
+            console.print(f"  {escape(label)} [green]done[/] in {time.time() - t:.1f}s {headline}")
+            if not slot:  # the matrix so far (with --jobs the parent shows it: progress.py)
+                console.print(f"  {summary(runs_snapshot(runs, root), 1)}", style="dim")
     failed = [r for r, o in outcomes.items() if o == RunState.FAILED]
     done = sum(o == RunState.DONE for o in outcomes.values())
     console.print(f"finished {len(outcomes)} runs in {time.time() - t0:.0f}s: "
@@ -178,7 +190,8 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
         error = str(RunDir(root / run_id).status().get("error"))
         console.print(f"  [red]failed[/] {run_id}: {escape(error)}", soft_wrap=True)
     if failed:
-        console.print(f"  (tracebacks in {root}/<run-id>/error.log; fix the cause, then re-run "
+        console.print(f"  (tracebacks in {escape(str(root))}/<run-id>/error.log; fix the cause, "
+                      f"then re-run "
                       f"them with --retry-failed)", soft_wrap=True)
     still_failed = [r.id for r in runs
                     if RunDir(root / r.id).status().get("state") == RunState.FAILED]
@@ -211,9 +224,15 @@ def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], re
     root = experiment_dir(results, exp.name)
     check_writable(root)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    console.print(f"[bold]{exp.name}[/]: {jobs} workers x {threads} thread(s)")
+    logs = root / "workers"
+    console.print(f"[bold]{exp.name}[/]: {jobs} workers x {threads} thread(s); their full "
+                  f"output in {escape(str(logs))}/")
     t0 = time.time()
-    codes = wait_for_workers(start_workers(argv, jobs, ("--jobs", "-j"), threads))
+    workers = start_workers(argv, jobs, ("--jobs", "-j"), threads, log_dir=logs)
+    past = past_durations(root, {r.id for r in runs})
+    with MatrixProgress(console, exp.name, lambda: runs_snapshot(runs, root, past),
+                        jobs) as progress:
+        codes = wait_for_workers(workers, progress)
     if codes is None:
         return 130
     states: dict[str, int] = {}
