@@ -7,6 +7,8 @@ the subcommands that need them, so --help, `run --dry-run`, `status` and `report
     status   bench/report/          each run's state and progress
     report   bench/report/          ablation, shares and cost tables; exports and plots
     sweep    bench/sweep/study.py   Optuna studies, one per strategy; --workers: run/workers.py
+    slurm    bench/run/slurm.py     the pending runs as one SLURM job array; in a task:
+                                    bench/run/requeue.py (save and requeue on the signal)
     models   bench/report/costs.py  parameters, FLOPs and output shape of every strategy
     profile  bench/profile/         speed and memory of the attention strategies and peers
     convert  bench/data/convert.py  dataset converters (VisDrone -> COCO)
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
@@ -79,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", type=Path, help="write the export to this file")
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="chart of the ablation: each strategy's mean with its 95%% CI")
+    p.add_argument("--html", type=Path, metavar="FILE.html",
+                   help="the whole report (tables, charts, runs, environment) as one "
+                   "self-contained HTML page (docs/views.md)")
     p.add_argument("--baseline", metavar="NAME",
                    help="the strategy every row is compared with (default: conv)")
     p.add_argument("--min-effect", type=float, metavar="X",
@@ -93,6 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default: a journal file under "
                    "results/<experiment>/)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--heartbeat", type=int, default=60, metavar="S",
+                   help="RDB storage: workers beat every S seconds; a trial silent for 5 beats "
+                   "is failed and run again (default 60)")
+
+    p = sub.add_parser("slurm", help="submit the pending runs as one SLURM job array")
+    _add_selection(p)
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
+    p.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
+    p.add_argument("--time", help="wall time per run, e.g. 4:00:00 (default: the partition's)")
+    p.add_argument("--gpus", type=int, help="GPUs per run (default: trainer.devices with "
+                   "trainer.accelerator gpu/cuda, else 0)")
+    p.add_argument("--cpus", type=int,
+                   help="CPUs per run (default: data.num_workers + 1 per process)")
+    p.add_argument("--mem", help="memory per run, e.g. 16G (default: the partition's)")
+    p.add_argument("--signal-seconds", type=int, default=300, metavar="S",
+                   help="USR1 this long before the wall time: save and requeue (default 300)")
+    p.add_argument("--max-parallel", type=int, metavar="N", help="at most N tasks at once")
+    p.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                   help="an extra sbatch option (repeatable), e.g. --sbatch=--account=abc")
+    p.add_argument("--retry-failed", action="store_true", help="submit failed runs again too")
+    p.add_argument("--run", metavar="RUN_ID", help=argparse.SUPPRESS)  # inside an array task
 
     p = sub.add_parser("models", help="parameters, FLOPs and output shape of every strategy")
     p.add_argument("--backbone", default="resnet50")
@@ -100,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--output-stride", type=int, default=32, choices=[16, 32])
     p.add_argument("--format", choices=["md"], help="print a Markdown table")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="width multiplier of the bottlenecks (model.width), default 1.0")
+    p.add_argument("--release", choices=["classification", "detection"],
+                   help="the released LESA's choices (model.release; docs/library.md)")
+    p.add_argument("--max-size", type=int, metavar="N",
+                   help="positional tables' reach, as model.max_size (14: the ImageNet release)")
 
     for name, module, text in (("profile", "profile", "speed and memory of attention strategies"),
                                ("convert", "data.convert", "convert a dataset to COCO format")):
@@ -115,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args, console: Console) -> int:
     from bench.config import shard
 
+    _check_numbers(args, jobs="a positive integer (worker processes)")
     exp = _load(args, console)
     runs = shard(exp.runs, args.shard)
     if args.dry_run:
@@ -146,14 +181,64 @@ def cmd_status(args, console: Console) -> int:
 
 def cmd_report(args, console: Console) -> int:
     from bench import report
+    from bench.config import ConfigError
+    from bench.report.exports import check_output, plot_formats
 
+    _check_numbers(args, min_effect="a positive number (the difference to power for)")
+    # before the report is computed: an output that cannot be written fails now, whole
+    if args.output and not args.format:  # -o alone: the format from the name, else say so
+        args.format = {".json": "json", ".csv": "csv", ".md": "md", ".tex": "latex"}.get(
+            args.output.suffix.lower())
+        if args.format is None:
+            raise ConfigError(f"--output {args.output}: give --format (md, csv, latex, json) "
+                              f"or end the name in .md, .csv, .tex or .json")
+    if args.output:
+        suffix = {"latex": "tex"}.get(args.format, args.format)
+        check_output(args.output, "--output", example=f"report.{suffix}")
+    if args.plot:
+        check_output(args.plot, "--plot", plot_formats(), example="ablation.png")
+    if args.html:
+        check_output(args.html, "--html", ["html", "htm"])
     exp = _load(args, console)
     if args.sweep:
         from bench.sweep import print_sweep_report
 
         return print_sweep_report(exp, args.results, console)
     return report.main(exp, args.results, console, args.format, args.output, args.plot,
-                       args.baseline, args.min_effect)
+                       args.baseline, args.min_effect, rerun=_rerun_command(args),
+                       html_path=args.html)
+
+
+def _rerun_command(args) -> str:
+    """`lesa-bench run` with this command's experiment, --results, --set and --only."""
+    import shlex
+
+    words = ["lesa-bench", "run", str(args.experiment)]
+    if args.results != Path("results"):
+        words += ["--results", str(args.results)]
+    for flag in ("set", "only"):
+        for text in getattr(args, flag):
+            words += [f"--{flag}", text]
+    if getattr(args, "best_params", False):
+        words.append("--best-params")
+    return shlex.join(words)
+
+
+def _check_numbers(args, **wanted: str) -> None:
+    """ConfigError naming the flag when a numeric option is out of range (argparse checks the
+    type only); wanted: option name -> what it must be ("a positive integer"/"number ...")."""
+    import math
+
+    from bench.config import ConfigError
+
+    for name, allowed in wanted.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        bad = value <= 0 or (isinstance(value, float) and not math.isfinite(value))
+        if bad:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {value}: must be {allowed}")
 
 
 def cmd_sweep(args, console: Console) -> int:
@@ -161,17 +246,76 @@ def cmd_sweep(args, console: Console) -> int:
     from bench.run.signals import install_stop_signals
     from bench.sweep import run_sweep
 
+    _check_numbers(args, trials="a positive integer (trials per study)",
+                   workers="a positive integer (worker processes)")
     exp = load_experiment(args.experiment, args.set, args.only)
     install_stop_signals()
     return run_sweep(exp, args.results, console, trials=args.trials, storage=args.storage,
-                     workers=args.workers, argv=args.argv)
+                     workers=args.workers, argv=args.argv, heartbeat=args.heartbeat)
+
+
+def cmd_slurm(args, console: Console) -> int:
+    from bench.run import slurm
+
+    if args.run:  # inside an array task: the warning signal must not kill it while it loads
+        slurm.catch_warning_signal()
+    from bench.config import load_experiment
+
+    exp = load_experiment(args.experiment, args.set, args.only)
+    if args.run:  # inside an array task: train that run
+        from bench.run.requeue import run_task
+        from bench.run.signals import install_stop_signals
+
+        install_stop_signals()
+        return run_task(exp, args.run, args.results, console)
+    res = slurm.resources_for(exp.runs, args.partition, args.time, args.gpus, args.cpus,
+                              args.mem, args.signal_seconds, args.max_parallel, args.sbatch)
+    return slurm.submit(exp, exp.runs, res, args.results, slurm.selection_args(args), console,
+                        args.dry_run, args.retry_failed)
 
 
 def cmd_models(args, console: Console) -> int:
     from bench.report.costs import print_models
 
-    return print_models(args.backbone, args.size, args.classes, args.output_stride, console,
-                        args.format)
+    from bench.config import BACKBONE_NAMES, ConfigError
+    from lesa.names import did_you_mean
+
+    _check_numbers(args, size="a positive integer (the input's height and width in pixels)",
+                   classes="a positive integer (the classifier's outputs)",
+                   width="a positive number (the width multiplier)",
+                   max_size="a positive integer (the tables' reach in positions per side)")
+    if args.backbone not in BACKBONE_NAMES:
+        raise ConfigError(f"--backbone {args.backbone}: not a backbone"
+                          f"{did_you_mean(args.backbone, BACKBONE_NAMES)}; choose from "
+                          f"{', '.join(BACKBONE_NAMES)}")
+    options = {"width": args.width} if args.width != 1.0 else {}
+    if args.release:
+        options["release"] = args.release
+    if args.max_size:
+        options["max_map_size"] = args.max_size
+    try:
+        return print_models(args.backbone, args.size, args.classes, args.output_stride,
+                            console, args.format, **options)
+    except ValueError as error:  # lesa's refusal of a size/option combination, as typed
+        raise ConfigError(f"models: {error}") from None
+
+
+def _data_warnings(console: Console, show):
+    """A warnings hook: what the suite repaired in the user's data (bench.data.DataWarning) is
+    one `warning:` line, not a Python warning with its source line."""
+    from bench.data import DataWarning
+
+    shown = set()  # the preflight and the run both read the data: say it once
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            if str(message) not in shown:
+                shown.add(str(message))
+                console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False,
+                              soft_wrap=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,19 +326,24 @@ def main(argv: list[str] | None = None) -> int:
     # in a log file (no terminal) rich would wrap tables at 80 columns; logs can be wide
     console = Console() if sys.stdout.isatty() else Console(width=160)
     from bench.config import ConfigError
-    from bench.data import DataError
+    from bench.data import DataError, DataWarning
+    from bench.store import StoreWriteError  # a results file that cannot be written (disk full)
 
     handlers = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "sweep": cmd_sweep,
-                "models": cmd_models}
+                "slurm": cmd_slurm, "models": cmd_models}
     try:
-        if args.command in handlers:
-            return handlers[args.command](args, console)
-        module = __import__(args.module, fromlist=["run"])
-        return module.run(args)
-    except (ConfigError, DataError, FileNotFoundError, PermissionError) as err:
+        with warnings.catch_warnings():  # restores the hook when main returns
+            warnings.showwarning = _data_warnings(console, warnings.showwarning)
+            warnings.filterwarnings("always", category=DataWarning)  # even under -W ignore
+            if args.command in handlers:
+                return handlers[args.command](args, console)
+            module = __import__(args.module, fromlist=["run"])
+            return module.run(args)
+    except (ConfigError, DataError, FileNotFoundError, PermissionError, StoreWriteError) as err:
         if args.debug:
             raise
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        # the message quotes user input ([x, y, w, h], --set k=[a, b]): printed as typed
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")

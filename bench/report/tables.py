@@ -24,9 +24,14 @@ def print_status(exp: Experiment, runs: list[Run], results: Path, console: Conso
                  title: str = "status") -> None:
     records = collect(exp, runs, results)
     table = Table(title=f"{exp.name}: {title} ({len(runs)} runs) in "
-                        f"{experiment_dir(results, exp.name)}")
+                        f"{escape(str(experiment_dir(results, exp.name)))}")
+    from bench.run.slurm import status_column
+
+    jobs = status_column(records)  # each run's SLURM array task and its state, if submitted
     for col in ("run", "fusion", "data", "seed", "state", "progress", "time", "note"):
         table.add_column(col, justify="right" if col in ("seed", "time") else "left")
+        if col == "state" and jobs:
+            table.add_column("slurm job")
     counts: dict[str, int] = {}
     for r in records:
         counts[r.state] = counts.get(r.state, 0) + 1
@@ -42,9 +47,10 @@ def print_status(exp: Experiment, runs: list[Run], results: Path, console: Conso
         if r.state in FLAGGED:
             note = f"{FLAGGED[r.state]}: ignored"
         style = STATE_STYLE.get(r.state, "default")
+        job = [jobs.get(r.run.id, "")] if jobs else []
         table.add_row(r.run.id, r.run.config["model"]["fusion"], r.run.config["data"]["name"],
-                      str(r.run.config["seed"]), f"[{style}]{r.state}[/]", progress, elapsed,
-                      note[:80])
+                      str(r.run.config["seed"]), f"[{style}]{r.state}[/]", *job, progress,
+                      elapsed, escape(note[:80]))
     console.print(table)
     console.print("  ".join(f"[{STATE_STYLE.get(k, 'default')}]{k}: {v}[/]"
                             for k, v in counts.items()))

@@ -11,7 +11,7 @@ import warnings
 
 from bench.config import Run
 from bench.run.ddp import announce_ddp_run, ddp_resume_point, end_ddp_run, is_ddp_child
-from bench.run.signals import RunInterrupted
+from bench.run.signals import RunInterrupted, stop_requested, stops_deferred
 from bench.store import RunDir
 
 CHECKPOINT_EVERY_N_STEPS = 200  # trainer.checkpoint_every_n_steps when the config has none
@@ -24,17 +24,22 @@ def _quiet_lightning() -> None:
                     ".*LeafSpec.*", ".*treespec.*", ".*Checkpoint directory.*exists.*",
                     ".*Experiment logs directory.*exists.*", ".*TreeSpec.*",
                     # under DDP: train/loss and images/s are rank 0's; test metrics are synced
-                    ".*sync_dist=True.*when logging on epoch level.*"):
+                    ".*sync_dist=True.*when logging on epoch level.*",
+                    # on a machine with SLURM installed: runs here start their own processes
+                    ".*`srun` command is available.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
 def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monitor: str, mode: str):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-    from lightning.pytorch.loggers import CSVLogger
 
-    from bench.run.callbacks import DivergenceGuard, LogLines, SaveOnInterrupt, StatusProgress
-    from bench.run.checkpoints import AtomicCheckpointIO, PeriodicCheckpoint, RunIdentityAndRng
+    from bench.run.callbacks import (DivergenceGuard, LogLines, SaveOnInterrupt, StatusProgress,
+                                     StopAtSafePoint)
+    from bench.run.checkpoints import (AtomicCheckpointIO, EpochAggregates, PeriodicCheckpoint,
+                                       RunIdentityAndRng)
+    from bench.run.metrics_log import ContinuingCSVLogger, LogRowsInCheckpoint
+    from bench.run.loggers import extra_loggers
 
     t = run.config["trainer"]
     interactive = sys.stdout.isatty() and not is_ddp_child()
@@ -43,9 +48,12 @@ def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monito
         ModelCheckpoint(dirpath=run_dir.checkpoints, filename="best", monitor=monitor, mode=mode,
                         save_top_k=1, save_last=True, auto_insert_metric_name=False,
                         enable_version_counter=False),  # last.ckpt is shared with PeriodicCheckpoint
+        EpochAggregates(),  # before any callback that saves at a batch end
         PeriodicCheckpoint(run_dir.last_checkpoint, every),
         RunIdentityAndRng(run.id, run.config),
+        LogRowsInCheckpoint(),
         SaveOnInterrupt(run_dir.last_checkpoint),
+        StopAtSafePoint(),
         StatusProgress(run_dir),
         DivergenceGuard(),
         RichProgressBar() if interactive else LogLines(label),
@@ -53,7 +61,8 @@ def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monito
     ]
     return L.Trainer(
         default_root_dir=run_dir.path,
-        logger=CSVLogger(run_dir.path, name="logs", version=""),
+        logger=[ContinuingCSVLogger(run_dir.path, name="logs", version=""),
+                *extra_loggers(run, run_dir, monitor)],  # trainer.loggers: bench/run/loggers.py
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         # the datamodules' samplers are sharded by rank in bench/run/checkpoints.py, which can resume
@@ -88,7 +97,7 @@ def _write_predictions(run_dir: RunDir, preds: list, targets: list) -> None:
 def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) -> dict:
     """Train (or resume) and test one run. Returns its metrics (the runner writes them).
 
-    Raises RunInterrupted on Ctrl-C/SIGTERM (after Lightning saved a checkpoint).
+    Raises RunInterrupted on Ctrl-C/SIGTERM (after saving a checkpoint to resume from).
     """
     import lightning as L
 
@@ -122,12 +131,17 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     env = environment(trainer.strategy.root_device.type)
     launched = announce_ddp_run(run.id, resume) if trainer.world_size > 1 else {}
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
-        if trainer.interrupted:
-            raise RunInterrupted()
-        best = trainer.checkpoint_callback.best_model_path
-        tested = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    except SystemExit:  # Lightning's answer to KeyboardInterrupt, after on_exception hooks ran
+        # a stop ends training where it can resume exactly (bench/run/signals.py)
+        with stops_deferred(trainer):
+            trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+            if trainer.interrupted or stop_requested():  # a stop after the last check
+                raise RunInterrupted()
+            best = trainer.checkpoint_callback.best_model_path
+            tested = trainer.test(task, datamodule=datamodule, ckpt_path=best or None,
+                                  verbose=False)
+            if stop_requested():  # in the test's last batch: tested again on resume
+                raise RunInterrupted()
+    except SystemExit:  # Lightning's graceful stop (SIGTERMException) or its KeyboardInterrupt
         raise RunInterrupted() from None
     finally:
         if launched:

@@ -4,6 +4,7 @@ metric). A trial whose parameters repeat a finished run reuses that run.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from bench.config import ConfigError, Run, run_id
 from bench.config.sweep import with_params
@@ -37,13 +39,17 @@ class OverBudget(Exception):
 
 def trial_counts(study) -> dict:
     counts = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0, "killed": 0}
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    # failed by the RDB heartbeat: RetryHeartbeatStaleTrialCallback names them on the retry
+    stale = {t.system_attrs.get("failed_trial") for t in trials}
+    for t in trials:
         if t.user_attrs.get("discarded"):
             continue
         state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed",
                  "RUNNING": "running", "WAITING": "waiting"}[t.state.name]
         counts[state] += 1
-        if state == "failed" and (t.user_attrs.get("killed") or t.user_attrs.get("interrupted")):
+        if state == "failed" and (t.user_attrs.get("killed") or t.user_attrs.get("interrupted")
+                                  or t.number in stale):
             counts["killed"] += 1
     return counts
 
@@ -73,6 +79,17 @@ def _fmt_value(value) -> str:
     return str(value)
 
 
+def _release_lock_of(run_dir: RunDir, worker: dict) -> None:
+    """Remove the run's lock when the dead worker holds it: on another machine the store
+    cannot tell that the holder is gone (the heartbeat did)."""
+    try:
+        lock = json.loads((run_dir.path / "lock").read_text())
+    except (OSError, ValueError):
+        return
+    if (lock.get("host"), lock.get("pid")) == (worker.get("host"), worker.get("pid")):
+        (run_dir.path / "lock").unlink(missing_ok=True)
+
+
 @dataclass
 class Objective:
     """Trains one trial as a run of the cell and returns its best validation value."""
@@ -87,6 +104,8 @@ class Objective:
     def __call__(self, trial) -> float:
         import optuna
 
+        # a trial re-queued by the heartbeat keeps the dead worker's record (and its run's lock)
+        dead = trial.user_attrs.get("worker")
         trial.set_user_attr("worker", this_worker())
         if self._over_budget(trial):
             trial.set_user_attr("discarded", "over budget: another worker took the last trial")
@@ -98,13 +117,17 @@ class Objective:
         try:
             cfg = with_params(self.cell.base.config, params)
         except ConfigError as err:
-            self.console.print(f"  [red]{label} failed: {err}")
+            self.console.print(f"  [red]{label} failed:[/] {escape(str(err))}")
             raise TrialFailed(str(err)) from None
         run = Run(run_id(cfg), cfg, dict(self.cell.base.axes, trial=trial.number))
         trial.set_user_attr("run_id", run.id)
         run_dir = RunDir(self.root / run.id)
-        self.console.print(f"{label}  {fmt_params(params)}  -> {run.id}")
+        self.console.print(f"{label}  {escape(fmt_params(params))}  -> {run.id}")
         t0 = time.time()
+        if dead:
+            self.console.print(f"  {label}: again, as its worker on {dead.get('host')} (pid "
+                               f"{dead.get('pid')}) stopped sending heartbeats")
+            _release_lock_of(run_dir, dead)
         outcome = self._train(trial, run, run_dir, label)
         if outcome == RunState.PRUNED:
             self.last = (trial.number, "pruned")

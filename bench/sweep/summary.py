@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench.config import ConfigError, Experiment, Run, run_id
@@ -27,7 +28,7 @@ def _best(study):
 def summary(exp: Experiment, cells: list[StudyCell], storage, results: Path) -> list:
     """The sweep table (trials of the budget, counts, best value) and the best parameters."""
     url = storage_url(exp, results)
-    table = Table(title=f"{exp.name}: sweep ({describe_storage(exp, results, url)})")
+    table = Table(title=f"{exp.name}: sweep ({escape(describe_storage(exp, results, url))})")
     table.add_column("study")
     for col in ("trials", "complete", "pruned", "failed", "best"):
         table.add_column(col, justify="right")
@@ -62,7 +63,7 @@ def print_sweep_report(exp: Experiment, results: Path, console: Console) -> int:
     storage, url = open_existing(exp, results)
     if storage is None:
         console.print(f"[yellow]no sweep yet for {exp.name}: run `lesa-bench sweep "
-                      f"{exp.path or exp.name}` first")
+                      f"{escape(str(exp.path or exp.name))}` first")
         return 0
     for part in summary(exp, cells, storage, results):
         console.print(part, highlight=False, soft_wrap=isinstance(part, str))
@@ -107,7 +108,8 @@ def apply_best_params(exp: Experiment, results: Path, console: Console) -> Exper
         runs.append(Run(run_id(cfg), cfg, run.axes))
     for cell in study_cells(exp):
         params = found[cell.name]
-        text = fmt_params(params) if params else "[yellow]no complete trial: the file's values"
+        text = escape(fmt_params(params)) if params else \
+            "[yellow]no complete trial: the file's values"
         console.print(f"  best {cell.short}: {text}")
     return replace(exp, runs=runs)
 
