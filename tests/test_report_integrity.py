@@ -201,3 +201,41 @@ def test_folder_whose_id_does_not_match_its_config_is_flagged(stored, tmp_path, 
     report = _json_report(exp, results, tmp_path)
     assert [f["run"] for f in report["flagged"]] == [a.id]
     assert _acc(report)["conv"]["n"] == 2
+
+
+def test_arms_of_an_axis_that_sets_the_strategy_are_rows_compared_paired(tiny_experiment,
+                                                                         tmp_path, capsys):
+    """An axis whose values set model.fusion with other keys (the release experiment's arms)
+    names each row by its strategy and settings; --baseline takes such a name and the report
+    pairs the arms by seed (one row per arm, not one comparison-free group per arm)."""
+    exp_path = tiny_experiment()
+    cfg = yaml.safe_load(exp_path.read_text())
+    cfg["matrix"] = {"seed": [0, 1, 2], "arm": [
+        {"model.fusion": "conv", "model.width": 1.5}, {"model.fusion": "dynamic"},
+        {"model.fusion": "dynamic", "model.static_weight": 0.25}]}
+    exp_path.write_text(yaml.safe_dump(cfg))
+    exp = load_experiment(exp_path)
+    results = tmp_path / "results"
+    acc = {"conv,width=1.5": [0.50, 0.60, 0.70], "dynamic": [0.55, 0.66, 0.77],
+           "dynamic,static_weight=0.25": [0.51, 0.62, 0.70]}
+    for run in exp.runs:
+        arm = run.axes["arm"]
+        name = ",".join([arm["model.fusion"], *(f"{k.split('.')[-1]}={v}"
+                                                for k, v in arm.items() if k != "model.fusion")])
+        rd = RunDir(results / exp.name / run.id)
+        rd.create(run.config)
+        rd.write_metrics({"test": {"test/acc1": acc[name][run.config["seed"]]}})
+        rd.update_status(state="done")
+    out = tmp_path / "report.json"
+    assert main(["report", str(exp_path), "--results", str(results), "--format", "json",
+                 "-o", str(out), "--baseline", "conv,width=1.5"]) == 0
+    cells = _acc(json.loads(out.read_text()))
+    assert set(cells) == set(acc)
+    assert cells["conv,width=1.5"]["n"] == 3
+    # dynamic - conv is +0.05, +0.06, +0.07 (in %: 5, 6, 7): mean 6, paired
+    assert cells["dynamic"]["comparison"]["diff"] == pytest.approx(6.0)
+    assert cells["dynamic,static_weight=0.25"]["comparison"]["diff"] == pytest.approx(1.0)
+    assert cells["conv,width=1.5"]["is_baseline"]
+    # a name that is not a row is refused with the rows' names
+    assert main(["report", str(exp_path), "--results", str(results), "--baseline", "conv"]) == 2
+    assert "conv,width=1.5" in _text(capsys)

@@ -13,8 +13,8 @@ from bench.config import ConfigError, Experiment
 from bench.data import DATASETS
 from bench.report.image_bootstrap import ImageBootstrap, bootstrap_dataset, bucket_support
 from bench.report.records import (ABLATION_METRICS, AITOD_BUCKETS, COST_METRICS, SHARE_METRICS,
-                                  Cell, RunRecord, build_cells, dataset_names, row_key, scale,
-                                  sort_rows)
+                                  Cell, RunRecord, build_cells, dataset_names, row_key, row_name,
+                                  scale, sort_rows)
 from bench.report.shares import ShareTables, analyse_shares
 from bench.report.stats import BoxSupport, CellStats, Comparison, best_rows, compare_all, \
     describe
@@ -83,7 +83,9 @@ def all_metrics() -> dict[str, tuple[str, ...]]:
 
 
 def strategies(records: list[RunRecord]) -> list[str]:
-    return sort_rows({r.run.config["model"]["fusion"] for r in records})
+    """What --baseline can name: the strategies, and rows' first words where an axis brings
+    settings with its strategy (`dynamic,release=True`)."""
+    return sort_rows({row_name(row_key(r.run)) for r in records})
 
 
 def choose_baseline(records: list[RunRecord], baseline: str | None) -> tuple[str | None, str]:
@@ -96,7 +98,7 @@ def choose_baseline(records: list[RunRecord], baseline: str | None) -> tuple[str
         return baseline, ""
     if DEFAULT_BASELINE in names:
         return DEFAULT_BASELINE, ""
-    return None, (f"no {DEFAULT_BASELINE} runs in this experiment: no comparisons; choose a "
+    return None, (f"no {DEFAULT_BASELINE} row in this experiment: no comparisons; choose a "
                   f"baseline with --baseline ({', '.join(names)})")
 
 

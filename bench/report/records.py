@@ -132,16 +132,42 @@ def dataset_names(records) -> list[str]:
 
 
 def row_key(run: Run) -> str:
-    """Row label: the strategy plus any other matrix axis that is not the seed or the data."""
-    extra = [f"{axis}={value}" for axis, value in run.axes.items()
-             if axis not in ("seed", "model.fusion") and not axis.startswith("data.")
-             and not (isinstance(value, dict) and "data.name" in value)]
-    return " ".join([run.config["model"]["fusion"], *extra])
+    """Row label: the strategy, with the other settings of an axis that chooses it (an arm
+    `{model.fusion: dynamic, model.release: true}` is `dynamic,release=True`), then every other
+    matrix axis but the seed and the data, space-free: rows are compared within equal values of
+    those (bench/report/analysis.py)."""
+    first, others = [run.config["model"]["fusion"]], []
+    for axis, value in run.axes.items():
+        if axis in ("seed", "model.fusion") or axis.startswith("data."):
+            continue
+        if isinstance(value, dict) and "data.name" in value:
+            continue
+        if isinstance(value, dict) and "model.fusion" in value:
+            first += [f"{k.rsplit('.', 1)[-1]}={_compact(v)}" for k, v in value.items()
+                      if k != "model.fusion"]
+            continue
+        if isinstance(value, dict):
+            value = ",".join(f"{k}={_compact(v)}" for k, v in value.items())
+        others.append(f"{axis}={_compact(value)}")
+    return " ".join([",".join(first), *others])
+
+
+def _compact(value) -> str:
+    return str(value).replace(" ", "")
+
+
+def row_name(row: str) -> str:
+    """The row's first word: its strategy and the settings that come with it (see row_key)."""
+    return row.split()[0]
+
+
+def strategy_of(row: str) -> str:
+    return row_name(row).split(",")[0]
 
 
 def sort_rows(keys) -> list[str]:
     order = {name: i for i, name in enumerate(FUSION_NAMES)}
-    return sorted(keys, key=lambda k: (order.get(k.split()[0], 99), k))
+    return sorted(keys, key=lambda k: (order.get(strategy_of(k), 99), k))
 
 
 def _metric_value(record: RunRecord, metric: str) -> float | None:

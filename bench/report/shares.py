@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from bench.report.records import RunRecord, row_key, sort_rows
+from bench.report.records import RunRecord, row_key, sort_rows, strategy_of
 from bench.report.stats import CellStats, Comparison, compare, describe, holm, verdict
 from bench.store import RunState
 
@@ -153,7 +153,7 @@ def _by_row(records: list[RunRecord]) -> dict[str, dict]:
 def share_rows(records: list[RunRecord], alpha: float = 0.05) -> list[ShareRow]:
     rows = []
     for name, by_seed in _by_row(records).items():
-        strategy = name.split()[0]
+        strategy = strategy_of(name)
         metrics = list(by_seed.values())
         for scope in _scopes(metrics):
             trained = {s: _value(m.get("shares"), scope) for s, m in by_seed.items()}
