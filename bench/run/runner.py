@@ -40,8 +40,9 @@ def _describe(run: Run) -> str:
 
 
 def execute(run: Run, run_dir: RunDir, console: Console, label: str = "",
-            extra_callbacks=()) -> str:
-    """Run one cell: lock, mark running, train/resume, record done/failed/interrupted."""
+            extra_callbacks=(), announce: bool = False) -> str:
+    """Run one cell: lock, mark running, train/resume, record done/failed/interrupted.
+    `announce`: print "LABEL starting/resuming ID" once the run is ours (the runner's line)."""
     run_dir.create(run.config)
     if not run_dir.try_lock():
         console.print(f"  [yellow]{label} {run.id}: running in another process, left to it")
@@ -50,6 +51,9 @@ def execute(run: Run, run_dir: RunDir, console: Console, label: str = "",
     if previous.get("state") == RunState.DONE:  # another process finished it since we looked
         run_dir.unlock()
         return SKIPPED
+    if announce:  # once the run is ours: a --jobs worker finding it locked or done is quiet
+        resuming = run_dir.last_checkpoint.exists()
+        console.print(f"{escape(label)}  {'resuming' if resuming else 'starting'} {run.id}")
     start = time.time()
     run_dir.update_status(state=RunState.RUNNING, error=None, host=socket.gethostname(),
                           pid=os.getpid(), started=now(),
@@ -162,11 +166,9 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
     for run in todo:
         run_dir = RunDir(root / run.id)
         label = f"[{number[run.id]}/{len(todo)}] {_describe(run)}"
-        resuming = run_dir.last_checkpoint.exists()
-        console.print(f"{label}  {'resuming' if resuming else 'starting'} {run.id}")
         t = time.time()
         try:
-            outcome = execute(run, run_dir, console, label)
+            outcome = execute(run, run_dir, console, label, announce=True)
         except RunInterrupted:
             if run_dir.last_checkpoint.exists():
                 console.print(f"[yellow]interrupted: {run.id} saved; run the same command to "
