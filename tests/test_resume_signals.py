@@ -258,3 +258,18 @@ def test_any_stop_anywhere_resumes_exactly(reference, tmp_path, where, sig):
     assert code == 0, out
     _assert_same_run(results, ref_results)
     assert rd.status()["attempts"] == 2
+
+
+def test_a_second_ctrl_c_stops_at_once_and_resumes_exactly(reference, tmp_path, monkeypatch):
+    """The first Ctrl-C in a validation waits for its end; a second one stops at once, saving
+    nothing: the run is interrupted at its last checkpoint (step 2's: epoch 1's end is saved
+    after its validation) and its resume ends as the uninterrupted run."""
+    exp, ref_results, _ = reference
+    results = tmp_path / "results"
+    assert _execute(exp, results, monkeypatch, "val:1:INT,val:2:INT") == "interrupted"
+    rd = _run_dir(results)
+    assert rd.status()["state"] == "interrupted"
+    saved = torch.load(rd.last_checkpoint, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2 and not (rd.checkpoints / "best.ckpt").exists()
+    assert _execute(exp, results, monkeypatch) == "done"
+    _assert_same_run(results, ref_results)

@@ -49,17 +49,15 @@ from bench.store import StoreWriteError
 
 KILL_ENV = "LESA_BENCH_TEST_KILL_AT"  # tests only: "save:N", "step:N", "optim:N" (inside step N,
 # before its optimizer step), "val:N" or "test:N" (batches) -> SIGKILL self
-# (a third part sends another signal instead: "step:N:INT", "val:N:TERM")
+# (a third part sends another signal instead: "step:N:INT", "val:N:TERM"; several: a,b)
 
 
 def maybe_die(point: str, count: int) -> None:
     """Signal this process at a test's chosen point (LESA_BENCH_TEST_KILL_AT=point:count)."""
-    wanted = os.environ.get(KILL_ENV)
-    if not wanted:
-        return
-    where, _, name = wanted.partition(":")[2].partition(":")
-    if wanted.split(":")[0] == point and where == str(count):
-        os.kill(os.getpid(), getattr(signal, f"SIG{name or 'KILL'}"))
+    for wanted in filter(None, os.environ.get(KILL_ENV, "").split(",")):  # "a:1:INT,b:2:INT"
+        where, _, name = wanted.partition(":")[2].partition(":")
+        if wanted.split(":")[0] == point and where == str(count):
+            os.kill(os.getpid(), getattr(signal, f"SIG{name or 'KILL'}"))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -7,9 +7,10 @@ end of the current training batch (after its metrics are logged) or at the end o
 `SaveOnInterrupt` (bench/run/callbacks.py) saves there. A stop is not raised where it lands: in
 the middle of a step the saved state would mix the batch in flight with the one before, and a
 checkpoint from the middle of a validation loses the metrics accumulated so far. So a stop
-during validation waits for the validation to end (`StopAtSafePoint`). Further stops change
-nothing (as in Lightning, which ignores them while it shuts down); `kill -9` stops at once, and
-the resume from the last checkpoint is exact too.
+during validation waits for the validation to end (`StopAtSafePoint`). A second Ctrl-C stops at
+once without saving, as `kill -9` does: the resume from the last checkpoint is exact too. Other
+further stops change nothing (a `--jobs` worker gets the terminal's Ctrl-C and its parent's
+SIGTERM for one key press).
 
 Outside a run (loading data, between runs), SIGTERM raises `Terminated`, a KeyboardInterrupt, so
 every `except KeyboardInterrupt` treats it as a Ctrl-C. Passing a stop on to worker processes is
@@ -37,6 +38,7 @@ _saving = False  # set once an interrupted run starts saving (save_on_stop)
 class _Deferral:
     trainer = None  # the Trainer whose fit or test runs now: stops are handed to it
     requested: int | None = None  # the first stop signal it received
+    ctrl_c = 0  # Ctrl-Cs received while it ran: the second stops at once
 
 
 def saving_after_stop() -> None:
@@ -67,7 +69,7 @@ def stops_deferred(trainer):
     """While the block runs (a run's fit and test), a stop is handed to `trainer` instead of
     raised where it lands."""
     global _saving
-    _Deferral.trainer, _Deferral.requested, _saving = trainer, None, False
+    _Deferral.trainer, _Deferral.requested, _Deferral.ctrl_c, _saving = trainer, None, 0, False
     try:
         yield
     finally:
@@ -80,9 +82,13 @@ def _on_stop(signum, frame):
     trainer = _Deferral.trainer
     if trainer is None:
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-    if _Deferral.requested is None:  # further stops change nothing (Lightning ignores them too)
+    _Deferral.ctrl_c += signum == signal.SIGINT
+    if _Deferral.ctrl_c >= 2:  # the user will not wait for the safe point: stop now, no save
+        os.write(2, b"\nstopping now: the run resumes from its last checkpoint\n")
+        raise KeyboardInterrupt()
+    if _Deferral.requested is None:  # other further stops change nothing
         os.write(2, b"\nstopping where the run can resume from exactly (the end of this "
-                    b"step or validation)\n")
+                    b"step or validation; Ctrl-C again: at once, from the last checkpoint)\n")
         _Deferral.requested = signum
     # Lightning's own SIGTERM handler ran before this one and set the flag: set or hold it back
     hand_stop_to_lightning(trainer)
