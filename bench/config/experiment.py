@@ -31,7 +31,7 @@ from lesa.names import did_you_mean
 from bench.config.schema import (CHOICES, DEFAULTS, ID_WHEN_SET, NOT_IN_ID, TOP_LEVEL,
                                  ConfigError, check_keys, get_dotted, resolve, schema_for,
                                  set_dotted, type_name)
-from bench.config.sweep import validate_sweep
+from bench.config.sweep import leaf_keys, validate_sweep
 from bench.data import DATASETS
 
 
@@ -296,7 +296,7 @@ def _select(runs: list[Run], only) -> list[Run]:
     for key, values in filters.items():
         present = [value for run in runs for value in _value_of(run, key)]
         if not present:  # no run has it (a key of one dataset only matches that one's runs)
-            leaves = sorted({k for run in runs for k in _leaves(run.config)})
+            leaves = sorted({k for run in runs for k in leaf_keys(run.config)})
             raise ConfigError(f"--only {key}: not a config key{did_you_mean(key, leaves)}; give "
                               f"a dotted key and a value, e.g. --only model.fusion=sa")
         names = list(dict.fromkeys(str(v) for v in present))
@@ -331,14 +331,6 @@ def _matches(present, wanted) -> bool:
     return present == wanted or str(present) == str(wanted)
 
 
-def _leaves(cfg: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key, value in cfg.items():
-        if isinstance(value, dict) and value:
-            out += _leaves(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}")
-    return out
 
 
 def shard(runs: list[Run], spec: str | None) -> list[Run]:

@@ -41,11 +41,12 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _leaf_keys(cfg: dict, prefix: str = "") -> list[str]:
+def leaf_keys(cfg: dict, prefix: str = "") -> list[str]:
+    """Every dotted key of a nested config ("model.fusion", ...), as --set and axes write them."""
     keys = []
     for key, value in cfg.items():
         if isinstance(value, dict) and value:
-            keys += _leaf_keys(value, f"{prefix}{key}.")
+            keys += leaf_keys(value, f"{prefix}{key}.")
         else:
             keys.append(f"{prefix}{key}")
     return keys
@@ -214,7 +215,7 @@ def validate_sweep(sweep, runs: list) -> dict:
                               f"remove it from the sweep or from the matrix")
         base_value = None
         for dataset, example in examples.items():
-            leaves = _leaf_keys(example)
+            leaves = leaf_keys(example)
             if key not in leaves:
                 section = any(k.startswith(f"{key}.") for k in leaves)
                 what = ("a section, not a key" if section else

@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import Dataset
 
 from bench.data import DataError, DataWarning
-from bench.data.base import SPLITS, BatchKey, DetectionData, detection_target
+from bench.data.base import BatchKey, DetectionData, detection_target
+from bench.data.options import coco_splits
 from bench.data.pixels import to_rgb
 
 
@@ -251,21 +252,9 @@ class COCOData(DetectionData):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.paths: dict[str, tuple[Path, Path]] = {}
-        for split in SPLITS:
-            entry = self.options[split]
-            if entry is None and split == "test":
-                continue
-            if not isinstance(entry, dict) or set(entry) - {"images", "annotations"}:
-                raise DataError(f"data.{split} must be a mapping {{images: FOLDER, annotations: "
-                                 f"FILE.json}}, got {entry!r}")
-            images, annotations = entry.get("images"), entry.get("annotations")
-            if split == "test" and images is None and annotations is None:
-                continue
-            if not isinstance(images, str) or not isinstance(annotations, str):
-                raise DataError(f"data.{split}.images and data.{split}.annotations must both be "
-                                 f"paths, got {entry!r}")
-            self.paths[split] = (self._path(images), self._path(annotations))
+        self.paths: dict[str, tuple[Path, Path]] = {
+            split: (self._path(images), self._path(labels))
+            for split, (images, labels) in coco_splits(self.options).items()}
         self._json: dict[str, dict] = {}
         self._splits: dict[str, CocoSplit] | None = None
         self._categories: list[dict] | None = None

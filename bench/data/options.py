@@ -76,7 +76,10 @@ def _probe_local(o: dict) -> None:
         raise DataError(f"data.digit_size {list(digit)} does not fit on {size}x{size} canvases")
 
 
-def _coco(o: dict) -> None:
+def coco_splits(o: dict) -> dict[str, tuple[str, str]]:
+    """Each given split's (images folder, annotations file) as written; DataError naming the key
+    where one is malformed (the test split may be left out)."""
+    out = {}
     for split in ("train", "val", "test"):
         entry = o[split]
         if entry is None and split == "test":
@@ -90,6 +93,12 @@ def _coco(o: dict) -> None:
         if not isinstance(images, str) or not isinstance(annotations, str):
             raise DataError(f"data.{split}.images and data.{split}.annotations must both be "
                             f"paths, got {entry!r}")
+        out[split] = (images, annotations)
+    return out
+
+
+def _coco(o: dict) -> None:
+    coco_splits(o)
 
 
 CHECKS = {"digits": _digits, "cifar10": lambda o: fraction("val_fraction", o["val_fraction"]),
