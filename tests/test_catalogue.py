@@ -760,9 +760,12 @@ from bench.tasks.classification import ClassificationTask
 phase, _, name = sys.argv[1].partition(":")
 sig = getattr(signal, "SIG" + (name or "INT"))
 original = getattr(ClassificationTask, phase + "_step")
+sent = []  # one key press: a second Ctrl-C would stop at once (tests/test_resume_signals.py)
 def step(self, batch, batch_idx):
     trainer = self.trainer
-    if not trainer.sanity_checking and (phase != "training" or trainer.global_step >= 2):
+    if not sent and not trainer.sanity_checking and (phase != "training"
+                                                     or trainer.global_step >= 2):
+        sent.append(sig)
         os.kill(os.getpid(), sig)
     return original(self, batch, batch_idx)
 setattr(ClassificationTask, phase + "_step", step)
