@@ -4,12 +4,14 @@
     status.json     state (a RunState), error, timing, host, progress; written atomically,
                     read by `status` and `report`
     metrics.json    final metrics: test metrics, shares, costs (atomic)
+    predictions.npz the test set's per-image predictions and ground truth (atomic): the
+                    report's bootstrap over test images
     checkpoints/    last.ckpt and best.ckpt
     logs/           Lightning's CSV logs
     error.log       the traceback of a failed run
     lock            held while a process trains the run (host, pid)
 
-No torch here: `status` and `report` only read JSON and YAML.
+No torch here: `status` and `report` only read JSON, YAML and numpy files.
 """
 from __future__ import annotations
 
@@ -21,7 +23,11 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+import numpy as np
 import yaml
+
+
+PREDICTIONS = "predictions.npz"
 
 
 class RunState(str, Enum):
@@ -128,6 +134,25 @@ class RunDir:
     def write_metrics(self, metrics: dict) -> None:
         write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2, default=float))
 
+    def write_predictions(self, arrays: dict[str, np.ndarray]) -> None:
+        """predictions.npz (the task's per-image arrays, e.g. bench.stats.ap.pack_detections),
+        written to a temp file and renamed."""
+        path = self.path / PREDICTIONS
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # numpy adds .npz otherwise
+        try:
+            np.savez_compressed(tmp, **arrays)
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise StoreWriteError(path, err) from None
+
+    def predictions(self) -> dict | None:
+        """predictions.npz as {array name: array}; None when missing or unreadable."""
+        try:
+            return load_predictions(self.path / PREDICTIONS)
+        except (OSError, ValueError, KeyError):
+            return None
+
     # --- per-run lock: two workers never train the same run --------------------------------
     def try_lock(self) -> bool:
         """Take the run's lock; a lock left by a dead process on this host is taken over."""
@@ -208,3 +233,8 @@ def run_dirs(results: Path, name: str) -> dict[str, RunDir]:
     if not root.is_dir():
         return {}
     return {p.name: RunDir(p) for p in sorted(root.iterdir()) if (p / "config.yaml").exists()}
+
+
+def load_predictions(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}

@@ -5,9 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench.report.ap_bootstrap import (ALL, average_precision, load_predictions, match,
-                                       resample_weights, save_predictions)
+from bench.stats.ap import ALL, average_precision, match, pack_detections, resample_weights
+from bench.store import load_predictions
 from bench.tasks.metrics import AITOD_BUCKETS, DetectionMetrics
+
+
+def save_predictions(path, preds, targets):
+    np.savez_compressed(path, **pack_detections(preds, targets))
 
 
 def _scene(rng, n_images=12, classes=3):

@@ -1,4 +1,4 @@
-"""bench.report.stats: cells, comparisons, Holm, seeds needed, best rows, paired bootstrap.
+"""bench.stats.compare: cells, comparisons, Holm, seeds needed, best rows, paired bootstrap.
 
 Every expected number comes from scipy called here directly or from a hand computation.
 No torch needed.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bench.report.stats import (BETTER, NOT_RESOLVED, WORSE, best_rows, box_support, compare,
+from bench.stats.compare import (BETTER, NOT_RESOLVED, WORSE, best_rows, box_support, compare,
                                 compare_all, describe, holm, seeds_needed,
                                 verdict)
 
@@ -241,15 +241,15 @@ def test_box_support_flags_small_buckets():
     assert box_support(30, threshold=20).too_few is False
 
 
-def test_module_imports_without_torch_or_rich():
-    path = Path(__file__).resolve().parents[1] / "bench" / "report" / "stats.py"
-    code = ("import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('stats_alone', {str(path)!r})\n"
-            "module = importlib.util.module_from_spec(spec); sys.modules['stats_alone'] = module\n"
-            "spec.loader.exec_module(module)\n"
+def test_statistics_import_without_torch_or_rich():
+    """Every module of bench/stats is pure numbers: importing them all loads no torch or rich."""
+    names = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "bench" / "stats")
+                   .glob("*.py") if p.stem != "__init__")
+    code = ("import importlib, sys\n"
+            f"for name in {names!r}: importlib.import_module('bench.stats.' + name)\n"
             "print(sorted(m for m in ('torch', 'rich', 'lightning') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert names and out.stdout.strip() == "[]"
 
 
 def test_seeds_needed_in_a_table_allow_for_holm_and_exceed_the_seeds_at_hand():

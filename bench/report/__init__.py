@@ -1,8 +1,8 @@
 """Reports over the results store: status, ablation, shares and cost tables, exports, plots.
 
     records.py  reading the store: one record per run, flagged runs, cells over seeds
-    analysis.py the statistics of every cell and comparison (stats.py), best rows, buckets
-    image_bootstrap.py  detection AP over resampled test images (ap_bootstrap.py), paired
+    analysis.py the statistics of every cell and comparison (bench/stats/), best rows, buckets
+    image_bootstrap.py  detection AP over resampled test images (bench/stats/ap.py), paired
     views.py    the tables as text cells, shared by the terminal and the exports
     tables.py   the terminal tables (`status`, `report`)
     exports.py  JSON, CSV, Markdown and LaTeX (`report --format`)

@@ -16,7 +16,7 @@ from bench.report.records import (ABLATION_METRICS, AITOD_BUCKETS, COST_METRICS,
                                   Cell, RunRecord, build_cells, dataset_names, row_key, row_name,
                                   scale, sort_rows)
 from bench.report.shares import ShareTables, analyse_shares
-from bench.report.stats import BoxSupport, CellStats, Comparison, best_rows, compare_all, \
+from bench.stats.compare import BoxSupport, CellStats, Comparison, best_rows, compare_all, \
     describe
 from bench.tasks import TASKS
 from lesa.names import unknown

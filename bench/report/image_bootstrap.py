@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report.ap_bootstrap import average_precision, load_predictions, match, resample_weights
-from bench.report.stats import Interval, box_support
-from bench.report.stats import percentile_interval
-from bench.store import RunState
+from bench.stats.ap import average_precision, match, resample_weights
+from bench.stats.compare import Interval, box_support
+from bench.stats.compare import percentile_interval
+from bench.store import PREDICTIONS, RunDir, RunState
 
-PREDICTIONS = "predictions.npz"  # beside metrics.json, written by bench/run/train.py
 N_RESAMPLES = 1000
 SEED = 0
 GT_KEYS = ("gt_image", "gt_boxes", "gt_labels", "gt_crowd")
@@ -45,13 +44,9 @@ class ImageBootstrap:
 
 
 def _load(record) -> dict | None:
-    path = Path(record.folder or "") / PREDICTIONS
-    if record.state != RunState.DONE or not path.is_file():
+    if record.state != RunState.DONE or record.folder is None:
         return None
-    try:
-        return load_predictions(path)
-    except (OSError, ValueError, KeyError):
-        return None
+    return RunDir(Path(record.folder)).predictions()
 
 
 def _same_images(runs: list[dict]) -> bool:
@@ -142,5 +137,5 @@ def bucket_support(records: list, buckets: dict) -> dict:
     return {name: (box_support(min(found)) if found else None) for name, found in counts.items()}
 
 
-__all__ = ["ImageBootstrap", "N_RESAMPLES", "PREDICTIONS", "StrategyIntervals",
+__all__ = ["ImageBootstrap", "N_RESAMPLES", "StrategyIntervals",
            "bootstrap_dataset", "bucket_support"]

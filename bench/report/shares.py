@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from bench.report.records import RunRecord, row_key, sort_rows, strategy_of
-from bench.report.stats import CellStats, Comparison, compare, describe, holm, verdict
+from bench.stats.compare import CellStats, Comparison, compare, describe, holm, verdict
 from bench.store import RunState
 
 LEARNED, BUILT_IN, NO_TEST = "learned", "built in", "no test (n < 2)"

@@ -14,7 +14,7 @@ from bench.report.records import AITOD_BUCKETS, short
 from bench.report.shares import (BOX_NOTES, NULL_HEADER, NULL_NOTES, SHARE_HEADER,
                                  SHARE_NOTES, box_header, box_table_cells, null_table_cells,
                                  share_table_cells)
-from bench.report.stats import NOT_RESOLVED
+from bench.stats.compare import NOT_RESOLVED
 
 UNPAIRED = "†"
 

@@ -80,20 +80,6 @@ def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monito
     )
 
 
-def _write_predictions(run_dir: RunDir, preds: list, targets: list) -> None:
-    """<run dir>/predictions.npz (the report's bootstrap over test images), atomically."""
-    import os
-
-    from bench.report.ap_bootstrap import save_predictions
-    from bench.report.image_bootstrap import PREDICTIONS
-
-    path = run_dir.path / PREDICTIONS
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # numpy adds .npz otherwise
-    save_predictions(tmp, [{k: v.numpy() for k, v in p.items()} for p in preds],
-                     [{k: v.numpy() for k, v in t.items()} for t in targets])
-    os.replace(tmp, path)
-
-
 def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) -> dict:
     """Train (or resume) and test one run. Returns its metrics (the runner writes them).
 
@@ -148,7 +134,12 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
             end_ddp_run(launched)
     test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
     if getattr(task, "test_predictions", None) and trainer.is_global_zero:
-        _write_predictions(run_dir, *task.test_predictions)
+        from bench.stats.ap import pack_detections
+
+        preds, targets = task.test_predictions
+        run_dir.write_predictions(pack_detections(
+            [{k: v.numpy() for k, v in p.items()} for p in preds],
+            [{k: v.numpy() for k, v in t.items()} for t in targets]))
     score = trainer.checkpoint_callback.best_model_score
     return {
         "test": test_metrics,

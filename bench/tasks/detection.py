@@ -220,7 +220,7 @@ class DetectionTask(L.LightningModule):
         preds = self.detector(images)
         self.test_metrics.update(preds, [_for_metric(t) for t in targets])
         # every test image's detections and ground truth on the CPU, for the report's bootstrap
-        # over test images (bench/report/ap_bootstrap.py; the run writes predictions.npz)
+        # over test images (bench/stats/ap.py; the run writes predictions.npz)
         kept, truth = self.test_predictions
         for p, t in zip(preds, targets):
             kept.append({k: p[k].detach().cpu() for k in ("boxes", "scores", "labels")})

@@ -11,7 +11,6 @@ is paired: identical predictions give a difference of exactly 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -20,27 +19,23 @@ RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 ALL = (0.0, 1e5 ** 2)  # COCO's "all" area range
 
 
-def save_predictions(path: Path, preds: list[dict], targets: list[dict]) -> None:
-    """One file per run: detections and ground truth of every test image (xyxy pixels)."""
+def pack_detections(preds: list[dict], targets: list[dict]) -> dict[str, np.ndarray]:
+    """A run's detections and ground truth of every test image (xyxy pixels) as flat arrays
+    (the run's predictions.npz; `match` reads them)."""
     def cat(items, key, width=None, dtype=np.float64):
         parts = [np.asarray(i[key], dtype=dtype).reshape(-1, *(width or ())) for i in items]
         return np.concatenate(parts) if parts else np.zeros((0, *(width or ())), dtype)
 
     owner = lambda items, key: np.concatenate(  # noqa: E731
         [np.full(len(i[key]), k) for k, i in enumerate(items)] or [np.zeros(0)]).astype(np.int64)
-    np.savez_compressed(
-        path, n_images=len(targets),
+    return dict(
+        n_images=np.asarray(len(targets)),
         pred_image=owner(preds, "scores"), pred_boxes=cat(preds, "boxes", (4,)),
         pred_scores=cat(preds, "scores"), pred_labels=cat(preds, "labels", dtype=np.int64),
         gt_image=owner(targets, "labels"), gt_boxes=cat(targets, "boxes", (4,)),
         gt_labels=cat(targets, "labels", dtype=np.int64),
         gt_crowd=cat([{"c": t.get("iscrowd", np.zeros(len(t["labels"])))} for t in targets],
                      "c", dtype=bool))
-
-
-def load_predictions(path: Path) -> dict:
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
 
 
 def _iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:

@@ -325,7 +325,7 @@ def best_rows(rows: Mapping[str, Mapping[Hashable, float | None]], higher_is_bet
     return {top} | {name for name, c in comparisons.items() if not c.resolved}
 
 
-# --- bootstrap intervals (the resampling is in ap_bootstrap.py) --------------------------------------------------------
+# --- bootstrap intervals (the resampling is in bench/stats/ap.py) --------------------------------------------------------
 @dataclass
 class Interval:
     """A statistic on the full set and its bootstrap percentile interval."""
