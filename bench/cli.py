@@ -3,15 +3,16 @@ work (each subcommand names its module below). Heavy imports (torch, lightning) 
 the subcommands that need them, so --help, `run --dry-run`, `status` and `report` stay fast.
 
     run      bench/run/runner.py    train the matrix (skip done, resume unfinished); one run's
-                                    fit and test in bench/run/train.py; --jobs: run/workers.py
+                                    fit and test in bench/train/trainer.py; stopping and
+                                    resuming in bench/resume/; --jobs: bench/run/workers.py
     status   bench/report/          each run's state and progress
     report   bench/report/          ablation, shares and cost tables; exports and plots
     sweep    bench/sweep/study.py   Optuna studies, one per strategy; --workers: run/workers.py
-    slurm    bench/run/slurm.py     the pending runs as one SLURM job array; in a task:
-                                    bench/run/requeue.py (save and requeue on the signal)
-    models   bench/report/costs.py  parameters, FLOPs and output shape of every strategy
+    slurm    bench/cluster/slurm.py the pending runs as one SLURM job array; in a task:
+                                    bench/cluster/requeue.py (save and requeue on the signal)
+    models   bench/costs/models.py  parameters, FLOPs and output shape of every strategy
     profile  bench/profile/         speed and memory of the attention strategies and peers
-    convert  bench/data/convert.py  dataset converters (VisDrone -> COCO)
+    convert  bench/convert.py  dataset converters (VisDrone -> COCO)
 """
 from __future__ import annotations
 
@@ -135,14 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, metavar="N",
                    help="positional tables' reach, as model.max_size (14: the ImageNet release)")
 
-    for name, module, text in (("profile", "profile", "speed and memory of attention strategies"),
-                               ("convert", "data.convert", "convert a dataset to COCO format")):
+    import bench.convert
+    import bench.profile
+
+    for name, module, text in (
+            ("profile", bench.profile, "speed and memory of attention strategies"),
+            ("convert", bench.convert, "convert a dataset to COCO format")):
         p = sub.add_parser(name, help=text)
-        p.set_defaults(module=f"bench.{module}")
-        try:
-            __import__(f"bench.{module}", fromlist=["add_arguments"]).add_arguments(p)
-        except ImportError:
-            pass
+        p.set_defaults(module=module)
+        module.add_arguments(p)  # both modules import torch only when they run
     return parser
 
 
@@ -157,8 +159,8 @@ def cmd_run(args, console: Console) -> int:
 
         print_status(exp, runs, args.results, console, title="dry run")
         return 0
+    from bench.resume.stops import install_stop_signals
     from bench.run.runner import run_experiment, run_workers
-    from bench.run.signals import install_stop_signals
 
     install_stop_signals()
     if args.jobs > 1:
@@ -243,7 +245,7 @@ def _check_numbers(args, **wanted: str) -> None:
 
 def cmd_sweep(args, console: Console) -> int:
     from bench.config import load_experiment
-    from bench.run.signals import install_stop_signals
+    from bench.resume.stops import install_stop_signals
     from bench.sweep import run_sweep
 
     _check_numbers(args, trials="a positive integer (trials per study)",
@@ -255,7 +257,7 @@ def cmd_sweep(args, console: Console) -> int:
 
 
 def cmd_slurm(args, console: Console) -> int:
-    from bench.run import slurm
+    from bench.cluster import slurm
 
     if args.run:  # inside an array task: the warning signal must not kill it while it loads
         slurm.catch_warning_signal()
@@ -263,8 +265,8 @@ def cmd_slurm(args, console: Console) -> int:
 
     exp = load_experiment(args.experiment, args.set, args.only)
     if args.run:  # inside an array task: train that run
-        from bench.run.requeue import run_task
-        from bench.run.signals import install_stop_signals
+        from bench.cluster.requeue import run_task
+        from bench.resume.stops import install_stop_signals
 
         install_stop_signals()
         return run_task(exp, args.run, args.results, console)
@@ -275,19 +277,19 @@ def cmd_slurm(args, console: Console) -> int:
 
 
 def cmd_models(args, console: Console) -> int:
-    from bench.report.costs import print_models
+    from bench.costs.models import print_models
 
-    from bench.config import BACKBONE_NAMES, ConfigError
+    from bench.config import ConfigError, backbone_names
     from lesa.names import did_you_mean
 
     _check_numbers(args, size="a positive integer (the input's height and width in pixels)",
                    classes="a positive integer (the classifier's outputs)",
                    width="a positive number (the width multiplier)",
                    max_size="a positive integer (the tables' reach in positions per side)")
-    if args.backbone not in BACKBONE_NAMES:
+    if args.backbone not in backbone_names():
         raise ConfigError(f"--backbone {args.backbone}: not a backbone"
-                          f"{did_you_mean(args.backbone, BACKBONE_NAMES)}; choose from "
-                          f"{', '.join(BACKBONE_NAMES)}")
+                          f"{did_you_mean(args.backbone, backbone_names())}; choose from "
+                          f"{', '.join(backbone_names())}")
     options = {"width": args.width} if args.width != 1.0 else {}
     if args.release:
         options["release"] = args.release
@@ -337,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("always", category=DataWarning)  # even under -W ignore
             if args.command in handlers:
                 return handlers[args.command](args, console)
-            module = __import__(args.module, fromlist=["run"])
-            return module.run(args)
+            return args.module.run(args)
     except (ConfigError, DataError, FileNotFoundError, PermissionError, StoreWriteError) as err:
         if args.debug:
             raise

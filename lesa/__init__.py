@@ -21,7 +21,7 @@ _EXPORTS = {"ARCHS": "backbone", "ResNet": "backbone", "build_backbone": "backbo
             "LESA2d": "block", "record_shares": "block", "reset_shares": "block",
             "shares": "block", "capture_share_maps": "block", "share_maps": "block",
             "attention_geometry": "block", "record_gates": "block", "gate_records": "block",
-            "reference_paths": "block",
+            "reference_paths": "block", "attention_modules": "block",
             "FUSIONS": "fusion", "Fusion": "fusion", "register": "fusion",
             "UnaryTerm": "unary", "fused_cpu": "kernels.fused_cpu",
             "RasterPosition": "raster", "LogitNorm": "logit_norm",

@@ -40,7 +40,9 @@ class LESA2d(nn.Module):
         return self.fusion(x)
 
 
-def _fusions(model: nn.Module):
+def attention_modules(model: nn.Module):
+    """(name, strategy module) of every attention module (every strategy but conv) of a model;
+    the name is the block's, without ".fusion"."""
     for name, module in model.named_modules():
         if isinstance(module, Fusion) and module.name != "conv":
             yield name.removesuffix(".fusion"), module
@@ -55,7 +57,7 @@ def shares(model: nn.Module, running: bool = False) -> dict:
     recorded.
     """
     per_module = {}
-    for name, module in _fusions(model):
+    for name, module in attention_modules(model):
         value = module.running_unary_share if running else module.last_unary_share
         if value is not None:
             per_module[name] = {"unary": value, "binary": 100.0 - value}
@@ -69,7 +71,7 @@ def reference_paths(model: nn.Module) -> dict[str, str]:
     """{module name: reason} of the attention modules whose binary term takes the explicit
     reference path whatever its `kernel` (e.g. the release's raster positions); {} if none."""
     out = {}
-    for name, module in _fusions(model):
+    for name, module in attention_modules(model):
         reason = getattr(getattr(module, "binary", None), "reference_reason", None)
         if reason is not None:
             out[name] = reason
@@ -78,16 +80,16 @@ def reference_paths(model: nn.Module) -> dict[str, str]:
 
 def record_shares(model: nn.Module, on: bool = True) -> None:
     """Switch share recording on (default) or off for every attention module in model."""
-    for _, module in _fusions(model):
+    for _, module in attention_modules(model):
         module.record_shares = on
 
 
 def reset_shares(model: nn.Module) -> None:
-    for _, module in _fusions(model):
+    for _, module in attention_modules(model):
         module.reset_shares()
 
 
-# --- what the share analysis needs beside the shares (the suite's bench/run/shares.py) -------
+# --- what the share analysis needs beside the shares (the suite's bench/train/shares.py) -------
 DIAGONAL_SHARE = ("sa", "softmax")  # strategies whose unary share is mean a_ii
 
 
@@ -96,14 +98,14 @@ def capture_share_maps(model: nn.Module, on: bool = True) -> None:
     recorded forward, `last_share_map` (B, H, W) at the module's input resolution: mean over
     channels of 1 / (1 + omega) (dynamic), mean over heads of a_ii (sa, softmax), a constant
     for the fixed strategies. Needs share recording on."""
-    for _, module in _fusions(model):
+    for _, module in attention_modules(model):
         module.capture_share_map = on
         module.last_share_map = None
 
 
 def share_maps(model: nn.Module) -> dict:
     """{module name: (B, H, W) unary share per position (fraction)} of the last forward."""
-    return {name: module.last_share_map for name, module in _fusions(model)
+    return {name: module.last_share_map for name, module in attention_modules(model)
             if getattr(module, "last_share_map", None) is not None}
 
 
@@ -122,7 +124,7 @@ def attention_geometry(model: nn.Module) -> dict:
     and `uniform`, uniform attention's weight on the diagonal, mean 1 / L (percent): the null
     of mean a_ii. `diagonal_share`: whether the module's unary share is mean a_ii."""
     out = {}
-    for name, module in _fusions(model):
+    for name, module in attention_modules(model):
         size = getattr(module, "last_map_size", None)
         binary = getattr(module, "binary", None)
         if size is None or binary is None:
@@ -162,7 +164,7 @@ class _GateRecord:
 def record_gates(model: nn.Module, on: bool = True, bins: int = 1000) -> None:
     """Start (afresh) or stop recording omega in every module with a gate (`dynamic` and its
     variants): see `gate_records`."""
-    for _, module in _fusions(model):
+    for _, module in attention_modules(model):
         if not isinstance(getattr(module, "gate", None), nn.Sequential):
             continue
         old = getattr(module, "_gate_record", None)
@@ -177,7 +179,7 @@ def gate_records(model: nn.Module) -> dict:
     (image, position) pairs summed, and the gate's last BatchNorm weight and bias (None where
     frozen)."""
     out = {}
-    for name, module in _fusions(model):
+    for name, module in attention_modules(model):
         record = getattr(module, "_gate_record", None)
         if record is None or record.hist is None:
             continue

@@ -16,10 +16,20 @@ from bench.config import ConfigError, experiment_from_dict, load_experiment, run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_names_match_the_library():
-    # bench.config keeps the names without importing torch; they must not drift from lesa
-    assert set(config.FUSION_NAMES) == set(lesa.FUSIONS)
-    assert set(config.BACKBONE_NAMES) == set(lesa.ARCHS)
+def test_names_are_the_library_registries_read_without_torch():
+    """Before torch is imported, the config reads lesa's registrations from its source; they are
+    the registries themselves once lesa is loaded (plugins added), never a copied list."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom bench import config\n"
+            "names = (config.fusion_names(), config.backbone_names())\n"
+            "assert 'torch' not in sys.modules\n"
+            "import lesa\n"
+            "assert names == (tuple(lesa.FUSIONS), tuple(lesa.ARCHS)), names\n"
+            "lesa.register('mine')(type('Mine', (lesa.Fusion,), {}))\n"
+            "assert config.fusion_names()[-1] == 'mine'\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
 def test_matrix_is_a_cartesian_product_with_stable_ids():
@@ -223,7 +233,7 @@ def _numeric_leaves(cfg: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
-@pytest.mark.parametrize("dataset", sorted(config.CHOICES["data.name"]))
+@pytest.mark.parametrize("dataset", sorted(config.choices()["data.name"]))
 def test_every_numeric_key_has_a_range_checked_at_load(dataset):
     """A class of mistake, not one key: every number of every dataset's config refuses -1 (and
     NaN where it is a float), naming the key, before anything is built."""

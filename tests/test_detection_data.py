@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from bench.config import resolve
-from bench.data.convert import add_arguments, convert_visdrone, run
+from bench.convert import add_arguments, convert_visdrone, run
 from bench.data import DATASETS, DataError, build_datamodule
 from bench.data.coco import COCOData
 from bench.data.scenes import DigitScenesData

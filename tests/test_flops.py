@@ -1,4 +1,4 @@
-"""bench.report.flops.count_flops: CPU attention is counted whatever the installed torch knows."""
+"""bench.costs.flops.count_flops: CPU attention is counted whatever the installed torch knows."""
 from __future__ import annotations
 
 import torch
@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import sdpa_backward_flop_count
 
 import lesa
-from bench.run.callbacks import forward_flops
-from bench.report.flops import count_flops
+from bench.costs.flops import forward_flops
+from bench.costs.flops import count_flops
 
 
 def test_cpu_sdpa_forward_and_backward_are_counted():

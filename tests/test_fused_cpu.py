@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.report.flops import count_flops
+from bench.costs.flops import count_flops
 from lesa import BinaryTerm, LESA2d
 from lesa.kernels import fused_cpu
 from test_fastpaths import C, HEADS, MAX, MODES, TOL, qkv, ref_attend

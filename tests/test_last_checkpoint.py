@@ -1,7 +1,7 @@
 """last.ckpt holds the final step even when the last epoch does not improve the monitor.
 
 Lightning 2.6's ModelCheckpoint(save_last=True) writes last.ckpt at a validation end only when
-that validation saved a top-k checkpoint too; bench/run/checkpoints.py's PeriodicCheckpoint saves
+that validation saved a top-k checkpoint too; bench/resume/checkpoints.py's PeriodicCheckpoint saves
 the final step when training ends. (Found when a numerics change made the exact-resume test
 compare an uninterrupted run's step-16 last.ckpt with a resumed run's step-18 one.)
 """
@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.run.checkpoints import AtomicCheckpointIO, PeriodicCheckpoint
+from bench.resume.checkpoints import AtomicCheckpointIO, PeriodicCheckpoint
 
 
 class Worsening(L.LightningModule):

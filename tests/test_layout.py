@@ -1,5 +1,6 @@
-"""The code layout's rules: no import cycle in bench/ or lesa/, lesa never imports bench, and no
-module grows past the size a newcomer can read in one go."""
+"""The code layout's rules: no import cycle in bench/ or lesa/, between modules or between
+bench's packages (run and report never import each other, even through a third), lesa never
+imports bench, and no module grows past the size a newcomer can read in one go."""
 from __future__ import annotations
 
 import ast
@@ -89,6 +90,35 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 def test_no_import_cycle_in_bench_or_lesa():
     found = cycles(import_graph(_modules()))
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def unit(module: str) -> str:
+    """A module's package for the package graph: bench.<package> (bench.report.views ->
+    bench.report); a module directly under bench or lesa is its own unit."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        out.setdefault(unit(module), set()).update(
+            unit(t) for t in targets if unit(t) != unit(module))
+    for targets in list(out.values()):
+        for t in targets:
+            out.setdefault(t, set())
+    return out
+
+
+def test_the_package_graph_finds_a_cycle_through_modules_that_have_none():
+    graph = {"bench.run.a": {"bench.report.b"}, "bench.report.b": set(),
+             "bench.report.c": {"bench.run.d"}, "bench.run.d": set()}
+    assert cycles(graph) == []
+    assert cycles(package_graph(graph)) == [["bench.report", "bench.run"]]
+
+
+def test_no_import_cycle_between_packages():
+    found = cycles(package_graph(import_graph(_modules())))
+    assert not found, "package cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
 def test_lesa_never_imports_bench():

@@ -11,7 +11,7 @@ from torch import nn
 
 from bench.config.experiment import run_id
 from bench.config.schema import ConfigError, resolve
-from bench.report.costs import matched_width
+from bench.costs.models import matched_width
 from bench.tasks import backbone_kwargs
 from lesa import DeformableConv3x3, LESA2d, build_backbone
 

@@ -13,8 +13,8 @@ from rich.console import Console
 
 from bench.config import ConfigError, load_experiment
 from bench.config import loggers as config_loggers
+from bench.resume.stops import RunInterrupted
 from bench.run.runner import execute
-from bench.run.signals import RunInterrupted
 from bench.store import RunDir
 
 

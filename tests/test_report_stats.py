@@ -13,7 +13,6 @@ import yaml
 
 from bench.cli import main
 from bench.config import load_experiment
-from bench.report.records import AITOD_BUCKETS
 from bench.stats.ap import pack_detections
 from bench.store import RunDir
 
@@ -250,9 +249,3 @@ def test_different_test_sets_and_missing_predictions_are_said(detection, capsys)
     assert report["bootstrap"]["digit_scenes"]["note"] == "test sets differ: no paired bootstrap"
     assert main(["report", str(exp), "--results", str(results)]) == 0
     assert "test sets differ: no paired bootstrap" in _text(capsys)
-
-
-def test_bucket_ranges_match_the_metric():
-    from bench.tasks.metrics import AITOD_BUCKETS as METRIC_BUCKETS
-
-    assert AITOD_BUCKETS == METRIC_BUCKETS

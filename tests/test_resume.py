@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import killpoints
 from bench.store import run_dirs
 
 pytestmark = pytest.mark.slow
@@ -147,10 +148,7 @@ EXACT = dict(data={"augment": True},
 
 
 def _run_cli(exp: Path, results: Path, kill_at: str | None = None, timeout=300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("LESA_BENCH_TEST_KILL_AT", None)
-    if kill_at:
-        env["LESA_BENCH_TEST_KILL_AT"] = kill_at
+    env = {**killpoints.env(kill_at), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(exp), "--results",
                            str(results)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -7,7 +7,7 @@ full) fails the run with one message naming the file, in status.json and error.l
 no temp file.
 
 Stops are sent from inside the run at a chosen point (LESA_BENCH_TEST_KILL_AT, see
-bench/run/checkpoints.py): "optim:N" is inside training step N, after its backward pass and
+bench/resume/checkpoints.py): "optim:N" is inside training step N, after its backward pass and
 before its optimizer step. The csv is compared without train/images_per_s, a wall-clock speed.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ import pytest
 import torch
 from rich.console import Console
 
+import killpoints
 from bench.config import load_experiment
-from bench.run.checkpoints import KILL_ENV
 from bench.store import RunDir, StoreWriteError, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,23 +89,23 @@ def _assert_same_run(results: Path, reference: Path, steps: int = 8) -> RunDir:
 
 
 def _execute(exp: Path, results: Path, monkeypatch, stop_at: str | None = None) -> str:
-    """Run the experiment's one run as `lesa-bench run` would, in this process."""
+    """Run the experiment's one run as `lesa-bench run` would, in this process (stopped at
+    `stop_at`: tests/killpoints.py; the stops are gone again when it returns)."""
+    from bench.resume.stops import RunInterrupted, install_stop_signals
     from bench.run.runner import execute
-    from bench.run.signals import RunInterrupted, install_stop_signals
 
     (run,) = load_experiment(exp).runs
-    if stop_at:
-        monkeypatch.setenv(KILL_ENV, stop_at)
-    else:
-        monkeypatch.delenv(KILL_ENV, raising=False)
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if stop_at:
+            killpoints.install(stop_at, monkeypatch.setattr)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         install_stop_signals()
         return str(execute(run, RunDir(results / "tiny" / run.id), Console(file=io.StringIO())))
     except RunInterrupted:
         return "interrupted"
     finally:
+        monkeypatch.undo()
         for sig, handler in saved.items():
             signal.signal(sig, handler)
 
@@ -163,7 +163,7 @@ def test_epoch_line_shows_that_epochs_validation(reference):
 
 def _fail_with_a_full_disk(exp: Path, results: Path, monkeypatch) -> RunDir:
     """Run until best.ckpt is written at epoch 1's end, where the disk is full."""
-    import bench.run.checkpoints as checkpoints
+    import bench.resume.checkpoints as checkpoints
 
     real_save = torch.save
 
@@ -222,10 +222,7 @@ def test_a_failed_status_write_leaves_the_old_file_and_no_temp(tmp_path, monkeyp
 
 
 def _cli(exp: Path, results: Path, stop_at: str | None = None) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop(KILL_ENV, None)
-    if stop_at:
-        env[KILL_ENV] = stop_at
+    env = {**killpoints.env(stop_at), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(exp), "--results",
                            str(results)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600, preexec_fn=lambda: signal.signal(signal.SIGINT,

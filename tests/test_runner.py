@@ -160,7 +160,7 @@ def test_runs_record_their_environment_and_the_report_names_it(tiny_experiment, 
 
 _SIGNALS_SCRIPT = r"""
 import os, signal, sys
-from bench.run.signals import Terminated, install_stop_signals, saving_after_stop
+from bench.resume.stops import Terminated, install_stop_signals, saving_after_stop
 
 def send(name):
     if name == "saving":  # what SaveOnInterrupt calls before it saves
@@ -206,7 +206,7 @@ def test_a_saving_process_ignores_the_stop_its_parent_passes_on(sigint, sent, se
 
 _HELD_SCRIPT = r"""
 import os, signal
-from bench.run.signals import Terminated, install_stop_signals, stops_held
+from bench.resume.stops import Terminated, install_stop_signals, stops_held
 
 install_stop_signals()
 steps = []

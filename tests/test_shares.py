@@ -14,7 +14,7 @@ import lesa
 from bench.cli import main
 from bench.config import load_experiment
 from bench.report.shares import BUILT_IN, LEARNED, dynamic_null
-from bench.run.shares import BoxShares, histogram_quantiles
+from bench.train.shares import BoxShares, histogram_quantiles
 from bench.store import RunDir, run_dirs
 
 

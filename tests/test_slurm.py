@@ -42,7 +42,7 @@ def test_dry_run_prints_one_array_task_per_pending_run(tiny_experiment, tmp_path
 
 def test_done_runs_and_multi_node_runs(tiny_experiment, tmp_path):
     from bench.config import ConfigError, load_experiment
-    from bench.run.slurm import resources_for, to_submit
+    from bench.cluster.slurm import resources_for, to_submit
 
     exp = load_experiment(str(tiny_experiment()))
     root = tmp_path / "tiny"
@@ -90,7 +90,7 @@ def _wait(predicate, what: str, timeout: float = 300.0, logs: Path | None = None
 
 
 def _task_state(task: str) -> str:
-    from bench.run.slurm import job_states
+    from bench.cluster.queue import job_states
 
     return job_states([task]).get(task, "")
 

@@ -1,7 +1,11 @@
 """Experiment configs: the schema and defaults, experiment files and their matrix, the sweep
 section.
 
-    schema.py      defaults, allowed values, validating one run's config (`resolve`)
+    schema.py      defaults, allowed values (`choices`, the strategy and backbone names from
+                   lesa's registries), validating one run's config (`resolve`)
+    checks.py      what a value must be beyond its type: ranges, nullable keys' types, checks
+                   across keys
+    loggers.py     `trainer.loggers` and `trainer.mlflow_uri`: the trackers and their extras
     experiment.py  reading an experiment file, matrix expansion, --set/--only, run ids, shards
     sweep.py       the `sweep:` section: its validation and parameter specs
 
@@ -9,9 +13,9 @@ Nothing here imports torch: validation and `--dry-run` stay fast.
 """
 from bench.config.experiment import (Experiment, Run, experiment_from_dict, load_experiment,
                                      parse_assignment, run_id, shard)
-from bench.config.schema import (BACKBONE_NAMES, CHOICES, DEFAULTS, FUSION_NAMES, ConfigError,
-                                 check_keys, get_dotted, resolve, schema_for, set_dotted)
+from bench.config.schema import (DEFAULTS, ConfigError, backbone_names, check_keys, choices,
+                                 fusion_names, get_dotted, resolve, schema_for, set_dotted)
 
-__all__ = ["BACKBONE_NAMES", "CHOICES", "DEFAULTS", "FUSION_NAMES", "ConfigError", "Experiment",
-           "Run", "check_keys", "experiment_from_dict", "get_dotted", "load_experiment",
+__all__ = ["DEFAULTS", "ConfigError", "Experiment", "Run", "backbone_names", "check_keys",
+           "choices", "experiment_from_dict", "fusion_names", "get_dotted", "load_experiment",
            "parse_assignment", "resolve", "run_id", "schema_for", "set_dotted", "shard"]

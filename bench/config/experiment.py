@@ -28,9 +28,9 @@ import yaml
 
 from lesa.names import did_you_mean
 
-from bench.config.schema import (CHOICES, DEFAULTS, ID_WHEN_SET, NOT_IN_ID, TOP_LEVEL,
-                                 ConfigError, check_keys, get_dotted, resolve, schema_for,
-                                 set_dotted, type_name)
+from bench.config.schema import (DEFAULTS, ID_WHEN_SET, NOT_IN_ID, TOP_LEVEL,
+                                 ConfigError, check_keys, choices, get_dotted, resolve,
+                                 schema_for, set_dotted, type_name)
 from bench.config.sweep import leaf_keys, validate_sweep
 from bench.data import DATASETS
 
@@ -300,11 +300,12 @@ def _select(runs: list[Run], only) -> list[Run]:
             raise ConfigError(f"--only {key}: not a config key{did_you_mean(key, leaves)}; give "
                               f"a dotted key and a value, e.g. --only model.fusion=sa")
         names = list(dict.fromkeys(str(v) for v in present))
+        allowed = choices().get(key)
         for value, text in zip(values, texts[key]):
-            if key in CHOICES and value not in CHOICES[key]:
+            if allowed is not None and value not in allowed:
                 raise ConfigError(f"--only {text}: {key}: {value!r} is not allowed"
-                                  f"{did_you_mean(value, CHOICES[key])}; choose from "
-                                  f"{', '.join(map(str, CHOICES[key]))} (this matrix has "
+                                  f"{did_you_mean(value, allowed)}; choose from "
+                                  f"{', '.join(map(str, allowed))} (this matrix has "
                                   f"{', '.join(names)})")
             if not any(_matches(p, value) for p in present):
                 raise ConfigError(f"--only {text}: no run has {key} = {value!r}"
@@ -340,9 +341,11 @@ def shard(runs: list[Run], spec: str | None) -> list[Run]:
     """
     if not spec:
         return runs
+    error = ConfigError(f"--shard {spec!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
     try:
         index, count = (int(p) for p in spec.split("/"))
-        assert count >= 1 and 0 <= index < count
-    except (ValueError, AssertionError):
-        raise ConfigError(f"--shard {spec!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
+    except ValueError:
+        raise error from None
+    if not (count >= 1 and 0 <= index < count):
+        raise error
     return [r for r in runs if int(r.id.rsplit("-", 1)[1], 16) % count == index]

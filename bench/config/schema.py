@@ -6,13 +6,13 @@ key path, the bad value and what is allowed. Nothing here imports torch.
 from __future__ import annotations
 
 import copy
+import sys
 
-from lesa.names import did_you_mean
+from lesa.names import builtin_backbones, builtin_fusions, did_you_mean
 
 from bench.config.checks import PRECISIONS, meaning_error, nullable_type_error, range_error
 from bench.config.loggers import logger_error
-from bench.data import COMMON_OPTIONS, DATASETS, DataError
-from bench.data.options import check_options
+from bench.data import COMMON_OPTIONS, DATASETS, DataError, check_options
 from bench.tasks import TASKS
 
 
@@ -20,10 +20,20 @@ class ConfigError(ValueError):
     """A bad experiment file or override; the message names the key path, value and choices."""
 
 
-# the last two are controls for `dynamic` (docs/library.md)
-FUSION_NAMES = ("conv", "sa", "binary", "unary", "softmax", "sum", "dynamic", "static",
-                "dynamic_frozen")
-BACKBONE_NAMES = ("resnet_tiny", "resnet_small", "resnet26", "resnet50", "wrn50")
+
+
+def fusion_names() -> tuple[str, ...]:
+    """The strategies a config may name: `lesa.FUSIONS` (the built-ins and any a plugin
+    registered), read from lesa/fusion.py's registrations while nothing imported it (no torch)."""
+    fusion = sys.modules.get("lesa.fusion")
+    return tuple(fusion.FUSIONS) if fusion is not None else builtin_fusions()
+
+
+def backbone_names() -> tuple[str, ...]:
+    """The backbones a config may name: `lesa.ARCHS`, read the same way."""
+    backbone = sys.modules.get("lesa.backbone")
+    return tuple(backbone.ARCHS) if backbone is not None else builtin_backbones()
+
 
 DEFAULTS: dict = {
     "name": None,
@@ -48,10 +58,7 @@ DEFAULTS: dict = {
                 "loggers": ["csv"], "mlflow_uri": None},  # bench/config/loggers.py
 }
 
-CHOICES = {
-    "model.fusion": FUSION_NAMES,
-    "model.backbone": BACKBONE_NAMES,
-    "data.name": tuple(DATASETS),
+FIXED_CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "model.output_stride": (16, 32),
     "model.stem": (None, "imagenet", "small", "cifar"),
@@ -61,6 +68,12 @@ CHOICES = {
     "trainer.accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
     "trainer.precision": PRECISIONS,
 }
+
+
+def choices() -> dict[str, tuple]:
+    """The allowed values of the keys that take a name, each from its registry."""
+    return {"model.fusion": fusion_names(), "model.backbone": backbone_names(),
+            "data.name": tuple(DATASETS), **FIXED_CHOICES}
 # keys that do not change what a run computes, so they stay out of its id
 NOT_IN_ID = {("data", "num_workers"), ("trainer", "log_every_n_steps"),
              ("model", "recompute_attention"),  # the same weights rebuilt: memory, not results
@@ -110,9 +123,10 @@ def schema_for(data_name: str) -> dict:
 
 
 def _check_value(path: str, value, default) -> None:
-    if path in CHOICES and value not in CHOICES[path]:
-        raise ConfigError(f"{path}: {value!r} is not allowed{did_you_mean(value, CHOICES[path])}; "
-                          f"choose from {_allowed(CHOICES[path])}")
+    allowed = choices().get(path)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{path}: {value!r} is not allowed{did_you_mean(value, allowed)}; "
+                          f"choose from {_allowed(allowed)}")
     if default is None:
         error = nullable_type_error(path, value) or range_error(path, value)
         if error:

@@ -19,6 +19,7 @@ datamodule class named here:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lesa.names import unknown
@@ -37,6 +38,13 @@ class DatasetSpec:
     task: str  # "classification" or "detection"
     target: str  # "module:Class" under bench.data
     options: dict = field(default_factory=dict)  # dataset-specific data.* keys and defaults
+    # checks a resolved `data` section without building anything (DataError naming the key)
+    check: Callable[[dict], None] | None = None
+
+
+# the checks need DataError, defined above
+from bench.data.options import (check_coco, check_digits, check_probe_context,  # noqa: E402
+                                check_probe_local, check_scenes, check_val_fraction)
 
 
 # keys every dataset takes; split_seed draws the val/test split (and digit_scenes' val/test
@@ -46,11 +54,12 @@ COMMON_OPTIONS = {"name": "digits", "root": None, "download": False, "batch_size
 
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("classification", "digits:DigitsData", {
-        "image_size": 32, "val_fraction": 0.15, "test_fraction": 0.2, "augment": True}),
+        "image_size": 32, "val_fraction": 0.15, "test_fraction": 0.2, "augment": True},
+        check_digits),
     "cifar10": DatasetSpec("classification", "images:CIFAR10Data", {
-        "image_size": 32, "val_fraction": 0.1, "augment": True}),
+        "image_size": 32, "val_fraction": 0.1, "augment": True}, check_val_fraction),
     "cifar100": DatasetSpec("classification", "images:CIFAR100Data", {
-        "image_size": 32, "val_fraction": 0.1, "augment": True}),
+        "image_size": 32, "val_fraction": 0.1, "augment": True}, check_val_fraction),
     "imagefolder": DatasetSpec("classification", "images:ImageFolderData", {
         "image_size": 224, "augment": True}),
     # detection; objects / object_size (px) / distractors are [low, high] per canvas;
@@ -58,19 +67,19 @@ DATASETS: dict[str, DatasetSpec] = {
     "digit_scenes": DatasetSpec("detection", "scenes:DigitScenesData", {
         "image_size": 128, "train_images": 800, "val_images": 32, "test_images": 128,
         "objects": [3, 10], "object_size": [6, 32], "distractors": [2, 6],
-        "fresh_train": True}),
+        "fresh_train": True}, check_scenes),
     # probes (bench/data/probes.py, docs/probes.md): one kind of cue decides the label
     "probe_context": DatasetSpec("classification", "probes:ContextProbeData", {
         "image_size": 16, "width": 56, "digit_size": 10, "jitter": 3, "classes": 10,
-        "train_images": 2000, "val_images": 500, "test_images": 1000}),
+        "train_images": 2000, "val_images": 500, "test_images": 1000}, check_probe_context),
     "probe_local": DatasetSpec("classification", "probes:LocalProbeData", {
         "image_size": 32, "digit_size": [12, 16], "distractors": [2, 4],
-        "train_images": 2000, "val_images": 500, "test_images": 1000}),
+        "train_images": 2000, "val_images": 500, "test_images": 1000}, check_probe_local),
     # paths relative to data.root unless absolute; test: null/unset -> val is the test split
     "coco": DatasetSpec("detection", "coco:COCOData", {
         "train": {"images": "train", "annotations": "annotations/train.json"},
         "val": {"images": "val", "annotations": "annotations/val.json"},
-        "test": {"images": None, "annotations": None}}),
+        "test": {"images": None, "annotations": None}}, check_coco),
 }
 
 
@@ -78,6 +87,13 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise DataError(unknown("dataset", name, DATASETS))
     return DATASETS[name]
+
+
+def check_options(data: dict) -> None:
+    """DataError naming the `data.*` key when a resolved data section's options cannot work."""
+    check = dataset_spec(data["name"]).check
+    if check is not None:
+        check(data)
 
 
 def build_datamodule(data: dict, seed: int):

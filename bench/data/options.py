@@ -1,6 +1,7 @@
-"""The datasets' `data.*` options checked without building anything (no torch): the config
-loader runs `check_options` on every run, so `--dry-run` refuses what a datamodule would refuse
-later. The datamodules call the same helpers on their own options."""
+"""The datasets' `data.*` options checked without building anything (no torch): each dataset's
+spec names its check (bench/data/__init__.py), the config loader runs it on every run, so
+`--dry-run` refuses what a datamodule would refuse later. The datamodules call the same helpers on
+their own options."""
 from __future__ import annotations
 
 from bench.data import DataError
@@ -33,7 +34,7 @@ def _counts(o: dict) -> None:
         positive_int(f"{split}_images", o[f"{split}_images"])
 
 
-def _digits(o: dict) -> None:
+def check_digits(o: dict) -> None:
     val, test = fraction("val_fraction", o["val_fraction"]), fraction("test_fraction",
                                                                       o["test_fraction"])
     if val + test >= 1:
@@ -41,7 +42,7 @@ def _digits(o: dict) -> None:
                         f"{val} + {test}")
 
 
-def _scenes(o: dict) -> None:
+def check_scenes(o: dict) -> None:
     size = o["image_size"]
     if isinstance(size, bool) or not isinstance(size, int) or size < 32:
         raise DataError(f"data.image_size must be an integer >= 32, got {size!r}")
@@ -54,7 +55,7 @@ def _scenes(o: dict) -> None:
     int_range("distractors", o["distractors"], 0)
 
 
-def _probe_context(o: dict) -> None:
+def check_probe_context(o: dict) -> None:
     _counts(o)
     height, width = positive_int("image_size", o["image_size"]), positive_int("width", o["width"])
     digit, jitter, classes = positive_int("digit_size", o["digit_size"]), o["jitter"], o["classes"]
@@ -67,7 +68,7 @@ def _probe_context(o: dict) -> None:
                         f"{height}x{width} strips")
 
 
-def _probe_local(o: dict) -> None:
+def check_probe_local(o: dict) -> None:
     _counts(o)
     size = positive_int("image_size", o["image_size"])
     digit = int_range("digit_size", o["digit_size"], 3)
@@ -97,18 +98,9 @@ def coco_splits(o: dict) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _coco(o: dict) -> None:
+def check_coco(o: dict) -> None:
     coco_splits(o)
 
 
-CHECKS = {"digits": _digits, "cifar10": lambda o: fraction("val_fraction", o["val_fraction"]),
-          "cifar100": lambda o: fraction("val_fraction", o["val_fraction"]),
-          "digit_scenes": _scenes, "probe_context": _probe_context, "probe_local": _probe_local,
-          "coco": _coco}
-
-
-def check_options(data: dict) -> None:
-    """DataError naming the `data.*` key when a resolved data section's options cannot work."""
-    check = CHECKS.get(data["name"])
-    if check is not None:
-        check(data)
+def check_val_fraction(o: dict) -> None:
+    fraction("val_fraction", o["val_fraction"])

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         "fused_cpu_attention": fused_cpu.status() if device.type == "cpu" else None,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S")}}
     if device.type == "cpu":
-        console.print(f"[dim]fused CPU attention kernel (lesa/fused_cpu.py): "
+        console.print(f"[dim]fused CPU attention kernel (lesa/kernels/fused_cpu.py): "
                       f"{result['meta']['fused_cpu_attention']}")
     if device.type == "cuda":
         result["meta"]["gpu"] = torch.cuda.get_device_name(device)

@@ -7,7 +7,7 @@ robin that times every row of a shape alike.
                 reset through /proc/self/clear_refs, after gc and malloc_trim): everything the
                 call made the OS provide (tensors, autograd buffers, kernel scratch, allocator
                 slack). CUDA: growth of torch.cuda.max_memory_allocated over one call.
-    FLOPs       torch.utils.flop_counter.FlopCounterMode over one call (bench.report.flops)
+    FLOPs       torch.utils.flop_counter.FlopCounterMode over one call (bench.costs.flops)
 """
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def run_rows(torch, rows, repeats, warmup, sync, memory, progress, min_time=0.0)
     enough repeats for a stable median on a shared machine. Calls whose
     warm-up took under FAST_CALL_S are timed INNER times per round: in a shape where one slow
     row sets the number of rounds, the fast rows' medians then rest on more samples."""
-    from bench.report.flops import count_flops  # not at import: bench.report loads torch
+    from bench.costs.flops import count_flops
 
     modes = ("infer", "train")
     inner = {}

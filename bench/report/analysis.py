@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from bench.config import ConfigError, Experiment
 from bench.data import DATASETS
 from bench.report.image_bootstrap import ImageBootstrap, bootstrap_dataset, bucket_support
-from bench.report.records import (ABLATION_METRICS, AITOD_BUCKETS, COST_METRICS, SHARE_METRICS,
-                                  Cell, RunRecord, build_cells, dataset_names, row_key, row_name,
-                                  scale, sort_rows)
+from bench.report.records import (COST_METRICS, SHARE_METRICS, Cell, RunRecord, build_cells,
+                                  dataset_names, row_key, row_name, scale, sort_rows)
 from bench.report.shares import ShareTables, analyse_shares
 from bench.stats.compare import BoxSupport, CellStats, Comparison, best_rows, compare_all, \
     describe
@@ -65,20 +64,24 @@ class Analysis:
         return self.columns[(dataset, metric)]
 
     def headline(self, dataset: str) -> tuple[str, ...]:
-        """The metrics with a table of their own: acc1; map_50 and map."""
-        return HEADLINE[DATASETS[dataset].task]
+        """The metrics with a table of their own (the task's headline: acc1; map_50 and map)."""
+        return TASKS[DATASETS[dataset].task].headline
+
+    def bucket_metrics(self, dataset: str) -> dict[str, str]:
+        """{"test/ap_vt": "ap_vt", ...}: the size buckets the dataset's task scores."""
+        return {f"test/{name}": name for name in TASKS[DATASETS[dataset].task].buckets or {}}
+
+    def bucket_range(self, dataset: str, name: str) -> tuple[float, float]:
+        return TASKS[DATASETS[dataset].task].buckets[name]
 
     def task(self, dataset: str) -> str:
         return DATASETS[dataset].task
 
 
-HEADLINE = {"classification": ("test/acc1",), "detection": ("test/map_50", "test/map")}
-BUCKET_METRICS = {f"test/{name}": name for name in AITOD_BUCKETS}
-
-
 def all_metrics() -> dict[str, tuple[str, ...]]:
-    return {task: tuple(dict.fromkeys(ABLATION_METRICS[task] + spec.metrics +
-                                      SHARE_METRICS[task] + COST_METRICS[task]))
+    """Per task, every metric the report reads: the headline and bucket metrics first."""
+    return {task: tuple(dict.fromkeys(spec.headline + spec.bucket_metrics() + spec.metrics +
+                                      SHARE_METRICS + COST_METRICS))
             for task, spec in TASKS.items()}
 
 
@@ -151,7 +154,7 @@ def analyse(exp: Experiment, records: list[RunRecord], baseline: str | None = No
         if DATASETS[d].task != "detection":
             continue
         mine = [r for r in records if r.run.config["data"]["name"] == d]
-        buckets[d] = bucket_support(mine, AITOD_BUCKETS)
+        buckets[d] = bucket_support(mine, TASKS["detection"].buckets)
         if image_bootstrap:
             boots[d] = bootstrap_dataset(d, mine, lambda r: row_key(r.run), chosen,
                                          confidence=1 - alpha)

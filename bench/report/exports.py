@@ -72,9 +72,7 @@ def _bootstrap(a: Analysis) -> dict:
 
 
 def _buckets(a: Analysis) -> dict:
-    from bench.report.records import AITOD_BUCKETS
-
-    return {dataset: {name: {"range_px": list(AITOD_BUCKETS[name]),
+    return {dataset: {name: {"range_px": list(a.bucket_range(dataset, name)),
                              "n_boxes": s.n_boxes if s else None,
                              "too_few": s.too_few if s else None,
                              "threshold": s.threshold if s else None,

@@ -12,9 +12,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.config import FUSION_NAMES, Experiment, Run, run_id
+from bench.config import Experiment, Run, fusion_names, run_id
 from bench.data import DATASETS
-from bench.run.environment import NOT_RECORDED, environment_label
+from bench.environment import NOT_RECORDED, environment_label
 from bench.store import RunDir, RunState, experiment_dir
 
 # runs whose results cannot be trusted: flagged in every report, never in a mean
@@ -22,17 +22,8 @@ FLAGGED = {
     "stale": "its stored config.yaml no longer hashes to its id (edited or damaged)",
     "unreadable": "marked done, but its metrics.json is missing or unreadable",
 }
-# headline metrics per task in the ablation table (the rest go to JSON/CSV exports)
-ABLATION_METRICS = {"classification": ("test/acc1",),
-                    "detection": ("test/map_50", "test/map", "test/ap_vt", "test/ap_t",
-                                  "test/ap_s", "test/ap_m")}
-# AI-TOD size buckets, sqrt(box area) in px: bench.tasks.metrics.AITOD_BUCKETS (which loads
-# torch, so the report keeps its own copy; a test keeps them equal)
-AITOD_BUCKETS = {"ap_vt": (2, 8), "ap_t": (8, 16), "ap_s": (16, 32), "ap_m": (32, 64)}
-SHARE_METRICS = {"classification": ("shares/unary", "shares/binary"),
-                 "detection": ("shares/unary", "shares/binary")}
-COST_METRICS = {"classification": ("costs/params", "costs/gflops", "costs/train_images_per_s"),
-                "detection": ("costs/params", "costs/gflops", "costs/train_images_per_s")}
+SHARE_METRICS = ("shares/unary", "shares/binary")
+COST_METRICS = ("costs/params", "costs/gflops", "costs/train_images_per_s")
 
 
 @dataclass
@@ -166,7 +157,7 @@ def strategy_of(row: str) -> str:
 
 
 def sort_rows(keys) -> list[str]:
-    order = {name: i for i, name in enumerate(FUSION_NAMES)}
+    order = {name: i for i, name in enumerate(fusion_names())}
     return sorted(keys, key=lambda k: (order.get(strategy_of(k), 99), k))
 
 

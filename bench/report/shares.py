@@ -3,7 +3,7 @@ unary/binary shares"): is a strategy's unary share learned, or built in?
 
 Per dataset, strategy and scope (every stage, every module of a stage with several, and "all"):
 the trained share over seeds with its 95 % CI; the same model's share at initialisation
-(metrics.json["shares_init"], bench/run/shares.py); the null (1/L for `sa` and `softmax`,
+(metrics.json["shares_init"], bench/train/shares.py); the null (1/L for `sa` and `softmax`,
 E[1/(1+sigmoid(z))] = 68.0 % for the dynamic gates); L x mean(a_ii); the trained - initial
 difference paired by seed, Holm-adjusted over the table, with the verdict "learned" (CI
 excludes 0 and p Holm < 0.05) or "built in"; and for the dynamic gates the quantiles of omega

@@ -15,6 +15,7 @@ from bench.report.records import (COST_METRICS, FLAGGED, SHARE_METRICS, RunRecor
                                   sort_rows)
 from bench.report.views import LEGEND, TextTable, tables
 from bench.store import RunState, experiment_dir
+from bench.tasks import TASKS
 
 STATE_STYLE = {"done": "green", "running": "cyan", "failed": "red", "interrupted": "yellow",
                "pending": "dim", "pruned": "yellow", "stale": "magenta", "unreadable": "magenta"}
@@ -25,7 +26,7 @@ def print_status(exp: Experiment, runs: list[Run], results: Path, console: Conso
     records = collect(exp, runs, results)
     table = Table(title=f"{exp.name}: {title} ({len(runs)} runs) in "
                         f"{escape(str(experiment_dir(results, exp.name)))}")
-    from bench.run.slurm import status_column
+    from bench.cluster.queue import status_column
 
     jobs = status_column(records)  # each run's SLURM array task and its state, if submitted
     for col in ("run", "fusion", "data", "seed", "state", "progress", "time", "note"):
@@ -40,8 +41,9 @@ def print_status(exp: Experiment, runs: list[Run], results: Path, console: Conso
         if r.state in (RunState.RUNNING, RunState.INTERRUPTED) and "epoch" in s:
             progress = f"epoch {s['epoch'] + 1}/{s.get('max_epochs', '?')}"
         elif r.state == RunState.DONE and r.metrics:
-            progress = " ".join(f"{short(k)}={v * 100:.1f}" for k, v in r.metrics["test"].items()
-                                if k in ("test/acc1", "test/map_50"))
+            first = TASKS[DATASETS[r.run.config["data"]["name"]].task].headline[0]
+            value = r.metrics["test"].get(first)
+            progress = f"{short(first)}={value * 100:.1f}" if value is not None else ""
         elapsed = f"{s['elapsed_s']:.0f}s" if s.get("elapsed_s") else ""
         note = s.get("error") or ""
         if r.state in FLAGGED:
@@ -105,19 +107,19 @@ def print_tables(exp: Experiment, records: list[RunRecord], console: Console,
             console.print(f"  {escape(label)}: {len(ids)} run(s)", soft_wrap=True)
 
 
-def _simple_table(title: str, records, metrics_by_task, formats) -> Table:
+def _simple_table(title: str, records, metrics: tuple[str, ...], formats) -> Table:
     datasets = dataset_names(records)
-    cells = build_cells(records, metrics_by_task)
+    cells = build_cells(records, {task: metrics for task in TASKS})
     table = Table(title=title)
     table.add_column("strategy")
     rows = sort_rows({row for d in datasets for m in cells[d].values() for row in m})
     for d in datasets:
-        for metric in metrics_by_task[DATASETS[d].task]:
+        for metric in metrics:
             table.add_column(f"{d} {short(metric)}", justify="right")
     for row in rows:
         line = [row]
         for d in datasets:
-            for metric in metrics_by_task[DATASETS[d].task]:
+            for metric in metrics:
                 cell = cells[d][metric].get(row)
                 if cell is None or cell.mean is None:
                     line.append("-")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.report.analysis import BUCKET_METRICS, Analysis, Row
-from bench.report.records import AITOD_BUCKETS, short
+from bench.report.analysis import Analysis, Row
+from bench.report.records import short
 from bench.report.shares import (BOX_NOTES, NULL_HEADER, NULL_NOTES, SHARE_HEADER,
                                  SHARE_NOTES, box_header, box_table_cells, null_table_cells,
                                  share_table_cells)
@@ -119,8 +119,8 @@ def comparison_table(a: Analysis, dataset: str, metric: str) -> TextTable:
 
 def bucket_header(a: Analysis, dataset: str, metric: str) -> tuple[str, str]:
     """The bucket column's header (with its box count) and its warning (or '')."""
-    name = BUCKET_METRICS[metric]
-    low, high = AITOD_BUCKETS[name]
+    name = a.bucket_metrics(dataset)[metric]
+    low, high = a.bucket_range(dataset, name)
     support = a.buckets.get(dataset, {}).get(name)
     if support is None:
         return f"{name} ({low}-{high} px, boxes ?)", ""
@@ -131,7 +131,8 @@ def bucket_header(a: Analysis, dataset: str, metric: str) -> tuple[str, str]:
 
 
 def bucket_table(a: Analysis, dataset: str) -> TextTable:
-    metrics = [m for m in BUCKET_METRICS if (dataset, m) in a.columns]
+    buckets = a.bucket_metrics(dataset)
+    metrics = [m for m in buckets if (dataset, m) in a.columns]
     heads = [bucket_header(a, dataset, m) for m in metrics]
     table = TextTable(f"{a.experiment}: {dataset} AP by AI-TOD size bucket (%): mean [95% CI] "
                       f"(n), verdict vs {a.baseline or '-'}", ["strategy"] + [h for h, _ in heads])
@@ -155,7 +156,7 @@ def bucket_table(a: Analysis, dataset: str) -> TextTable:
     table.notes = [w for _, w in heads if w]
     if any("n/a" in c for line in table.rows for c in line):
         table.notes.append("n/a: finished, but no run has a value (no test objects that size)")
-    if any(a.buckets.get(dataset, {}).get(BUCKET_METRICS[m]) is None for m in metrics):
+    if any(a.buckets.get(dataset, {}).get(buckets[m]) is None for m in metrics):
         table.notes.append("boxes ?: no run has predictions.npz to count the test boxes from")
     return table
 
@@ -223,7 +224,7 @@ def tables(a: Analysis, dataset: str) -> list[TextTable]:
     out = [comparison_table(a, dataset, m) for m in a.headline(dataset)
            if (dataset, m) in a.columns]
     if a.task(dataset) == "detection":
-        if any((dataset, m) in a.columns for m in BUCKET_METRICS):
+        if any((dataset, m) in a.columns for m in a.bucket_metrics(dataset)):
             out.append(bucket_table(a, dataset))
         if dataset in a.bootstrap:
             out.append(bootstrap_table(a, dataset))

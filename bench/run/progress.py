@@ -2,7 +2,7 @@
 done / total, failed, the running runs with their epoch, and an ETA.
 
 Everything is read from the store, as `status` does: each run's status.json (its state, and the
-epoch that bench/run/callbacks.py's StatusProgress keeps current), or for a sweep the Optuna
+epoch that bench/train/callbacks.py's StatusProgress keeps current), or for a sweep the Optuna
 trials. The ETA comes from the durations of the finished runs of the same task (dataset), and
 before the first of them from the running runs' epochs, scheduled over the workers. In a
 terminal a rich progress display (the workers' stdout is a pipe, so they show no live bar of

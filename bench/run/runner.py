@@ -1,10 +1,10 @@
 """The runner: trains the runs of an experiment that are not done yet, one after another.
 
 Each run owns its folder in the store (bench/store.py). A run that is done is skipped; one that
-is unfinished resumes from its last checkpoint (bench/run/resume.py); a run locked by a live
+is unfinished resumes from its last checkpoint (bench/resume/point.py); a run locked by a live
 process elsewhere is left to it. A failing run is marked failed with its reason and the matrix
 goes on; Ctrl-C (or SIGTERM) saves a checkpoint, marks the run interrupted and stops
-(bench/run/signals.py). One run's training is bench/run/train.py.
+(bench/resume/stops.py). One run's training is bench/train/trainer.py.
 """
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from bench.config import ConfigError, Experiment, Run
-from bench.run.ddp import ddp_run_id, is_ddp_child
+from bench.resume.stops import RunInterrupted
 from bench.run.progress import MatrixProgress, past_durations, runs_snapshot, summary
-from bench.run.signals import RunInterrupted
-from bench.run.train import train_run
 from bench.run.workers import start_workers, wait_for_workers, worker_slot
 from bench.store import RunDir, RunState, experiment_dir, now
+from bench.train import Diverged
+from bench.train.ddp import ddp_run_id, is_ddp_child
+from bench.train.trainer import train_run
 
 SKIPPED = "skipped"  # execute's outcome for a run another process trains (no run state)
 
@@ -92,11 +93,12 @@ OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory",
 def _failure(err: BaseException) -> tuple[str, str]:
     """(kind, reason) of a failed run: kind is diverged, out_of_memory or error."""
     name = type(err).__name__
-    if name == "Diverged":
+    if isinstance(err, Diverged):
         return "diverged", f"diverged: {err}"
     first = (str(err).strip().splitlines() or [""])[0]
-    if isinstance(err, MemoryError) or name == "OutOfMemoryError" or \
-            any(text in first for text in OUT_OF_MEMORY):
+    torch = sys.modules.get("torch")  # a run that failed before torch loaded had no OOM
+    if isinstance(err, MemoryError) or (torch is not None and isinstance(
+            err, torch.OutOfMemoryError)) or any(text in first for text in OUT_OF_MEMORY):
         return "out_of_memory", (f"out of memory ({name}: {first}); lower data.batch_size (with "
                                  f"trainer.accumulate_grad_batches to keep the effective batch) "
                                  f"or data.image_size, or use trainer.precision: 16-mixed (GPU) "
@@ -179,7 +181,7 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
             return 130
         outcomes[run.id] = outcome
         if outcome == RunState.DONE:
-            headline = _headline(run_dir)
+            headline = _headline(run, run_dir)
             console.print(f"  {escape(label)} [green]done[/] in {time.time() - t:.1f}s {headline}")
             if not slot:  # the matrix so far (with --jobs the parent shows it: progress.py)
                 console.print(f"  {summary(runs_snapshot(runs, root), 1)}", style="dim")
@@ -203,7 +205,7 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
 
 
 def run_ddp_rank(runs: list[Run], results: Path, exp: Experiment) -> int:
-    """A DDP rank > 0 (bench/run/ddp.py): train the run rank 0 named, quietly, then exit."""
+    """A DDP rank > 0 (bench/train/ddp.py): train the run rank 0 named, quietly, then exit."""
     wanted = ddp_run_id()
     run = next((r for r in runs if r.id == wanted), None)
     if run is None:
@@ -248,8 +250,11 @@ def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], re
     return 0 if states.get(RunState.DONE, 0) == len(runs) else 1
 
 
-def _headline(run_dir: RunDir) -> str:
+def _headline(run: Run, run_dir: RunDir) -> str:
+    """The run's headline test metrics (its task's), as one line."""
+    from bench.data import DATASETS
+    from bench.tasks import TASKS
+
     metrics = (run_dir.metrics() or {}).get("test", {})
-    shown = [f"{k}={v:.4f}" for k, v in metrics.items()
-             if k in ("test/acc1", "test/map_50", "test/map")]
-    return " ".join(shown)
+    headline = TASKS[DATASETS[run.config["data"]["name"]].task].headline
+    return " ".join(f"{k}={metrics[k]:.4f}" for k in headline if k in metrics)

@@ -4,7 +4,7 @@ Each worker re-runs the parent's own command line without the option that asked 
 told its slot by LESA_BENCH_WORKER=k/N; the run locks (run) or the shared Optuna storage (sweep)
 share the work out between them. A stop that reaches the parent alone (`kill PID`,
 `kill -INT PID`) is passed on to the workers; a terminal's Ctrl-C reached them already, and a
-worker that is saving ignores the second stop (bench/run/signals.py).
+worker that is saving ignores the second stop (bench/resume/stops.py).
 
 With a log folder, each worker's output goes whole to <folder>/worker-<k>.log and, without its
 per-epoch lines, to the parent, which shows the matrix's progress (bench/run/progress.py):
@@ -22,7 +22,7 @@ from pathlib import Path
 
 WORKER_ENV = "LESA_BENCH_WORKER"
 POLL_S = 1.0  # how often the parent re-reads the progress
-# a run's progress lines (bench/run/callbacks.py LogLines: "  [3/28] conv ... epoch 2/5 ..."):
+# a run's progress lines (bench/train/callbacks.py LogLines: "  [3/28] conv ... epoch 2/5 ..."):
 # kept in the worker's log; the parent's progress display says the same for every worker
 EPOCH_LINE = re.compile(r"^\s+\[[^\]]*\] .*\bepoch \d+/\d+\b")
 

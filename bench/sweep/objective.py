@@ -17,8 +17,8 @@ from rich.markup import escape
 
 from bench.config import ConfigError, Run, run_id
 from bench.config.sweep import with_params
+from bench.resume.stops import RunInterrupted
 from bench.run.runner import SKIPPED, execute
-from bench.run.signals import RunInterrupted
 from bench.store import RunDir, RunState, proc_stat
 from bench.sweep.cells import StudyCell
 

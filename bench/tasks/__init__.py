@@ -17,22 +17,32 @@ import importlib
 from dataclasses import dataclass
 
 
+# AI-TOD's size buckets: name -> (low, high) of sqrt(box area) in pixels
+AITOD_BUCKETS = {"ap_vt": (2, 8), "ap_t": (8, 16), "ap_s": (16, 32), "ap_m": (32, 64)}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     target: str  # "module:Class" under bench.tasks
     monitor: str  # validation metric for best checkpoints and pruning
     mode: str  # "max" or "min"
-    metrics: tuple[str, ...]  # test metrics shown in reports, the headline first
+    metrics: tuple[str, ...]  # the test metrics it logs (every one in the JSON/CSV exports)
+    headline: tuple[str, ...]  # the metrics with a comparison table each; the first in run lines
     options: dict | None = None  # task-specific `model.<task>.*` keys and their defaults
+    buckets: dict | None = None  # size buckets it scores AP in (test/<name>)
+
+    def bucket_metrics(self) -> tuple[str, ...]:
+        return tuple(f"test/{name}" for name in self.buckets or {})
 
 
 TASKS: dict[str, TaskSpec] = {
     "classification": TaskSpec("classification:ClassificationTask", "val/acc1", "max",
-                               ("test/acc1", "test/acc5")),
+                               ("test/acc1", "test/acc5"), headline=("test/acc1",)),
     "detection": TaskSpec("detection:DetectionTask", "val/map_50", "max",
                           ("test/map", "test/map_50", "test/map_75", "test/map_small",
                            "test/map_medium", "test/map_large", "test/ap_vt", "test/ap_t",
                            "test/ap_s", "test/ap_m"),
+                          headline=("test/map_50", "test/map"), buckets=AITOD_BUCKETS,
                           # FCOS + FPN P2-P5 (bench/tasks/detection.py); anchor_sizes: one per
                           # level, px; min_size/max_size null = native resolution (no resize);
                           # fpn_channels/head_convs default to torchvision's 256/4

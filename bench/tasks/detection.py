@@ -179,7 +179,7 @@ class DetectionTask(L.LightningModule):
 
     def backbone_input(self, batch):
         """The backbone's input for a batch (normalised and batched as the detector does it)
-        and where its boxes lie in it, for the share inside boxes (bench/run/shares.py):
+        and where its boxes lie in it, for the share inside boxes (bench/train/shares.py):
         {"frame": (H, W), "boxes": per image (N, 4) in the frame, "sizes": per image sqrt(area)
         in original pixels (NaN for crowd boxes), "image_sizes": per image (h, w) unpadded}."""
         images, targets = batch

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-# name -> (low, high) of sqrt(box area) in pixels
-AITOD_BUCKETS = {"ap_vt": (2, 8), "ap_t": (8, 16), "ap_s": (16, 32), "ap_m": (32, 64)}
+from bench.tasks import AITOD_BUCKETS  # name -> (low, high) of sqrt(box area) in pixels
+
 COCO_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
 
 

@@ -21,7 +21,7 @@ path, so nothing changes but speed):
 
 `status()` says whether it is in use and why not. The call goes through a torch custom op,
 `torch.ops.lesa.relative_attention_cpu`, so FlopCounterMode and the profiler see it (its FLOPs:
-bench/report/flops.py).
+bench/costs/flops.py).
 """
 from __future__ import annotations
 

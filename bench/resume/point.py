@@ -1,4 +1,4 @@
-"""Resume: which checkpoint a run goes on from, and whether that checkpoint is the run's own.
+"""Resume point: which checkpoint a run goes on from, and whether that checkpoint is the run's own.
 
 A checkpoint that cannot be read is set aside (renamed *.unreadable) and the previous one is
 tried; one written by a run with another config is refused, never loaded.

@@ -1,4 +1,5 @@
-"""FLOPs of one call, by torch.utils.flop_counter, with CPU attention counted on every torch.
+"""FLOPs of one call (`count_flops`) and of a module's forward on one example (`forward_flops`), by
+torch.utils.flop_counter, with CPU attention counted on every torch.
 
 FlopCounterMode counts SDPA's CUDA kernels, but torch before 2.15 has no formula for its fused
 CPU kernel (`_scaled_dot_product_flash_attention_for_cpu` and its backward), so CPU attention
@@ -54,3 +55,17 @@ def count_flops(fn) -> int:
     with FlopCounterMode(display=False, custom_mapping=_formulas()) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def forward_flops(module, example) -> int:
+    """Forward FLOPs of one example (torch.utils.flop_counter, as Lightning's summary does)."""
+    import torch
+
+    example = example.to(next(module.parameters()).device)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return count_flops(lambda: module(example))
+    finally:
+        module.train(was_training)

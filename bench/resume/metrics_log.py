@@ -16,15 +16,12 @@ import io
 import os
 
 import lightning as L
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from bench.run.checkpoints import epoch_ended_unlogged
+from bench import compat
 from bench.store import StoreWriteError, write_atomic
 
 
-class ContinuingWriter(ExperimentWriter):
+class ContinuingWriter(compat.KeptExperimentWriter):
     """Lightning's CSV writer that keeps the first `keep` rows of an existing metrics.csv
     (none unless a checkpoint was restored) and appends to them."""
 
@@ -34,9 +31,6 @@ class ContinuingWriter(ExperimentWriter):
         self.rows = 0  # rows in the file (after the first save) or buffered
         self._started = False
         super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:
-        pass  # Lightning deletes metrics.csv here; `_start` decides what stays
 
     def log_metrics(self, metrics_dict, step=None) -> None:
         super().log_metrics(metrics_dict, step)
@@ -83,16 +77,10 @@ class ContinuingWriter(ExperimentWriter):
             raise StoreWriteError(err.filename or self.metrics_file_path, err) from None
 
 
-class ContinuingCSVLogger(CSVLogger):
+class ContinuingCSVLogger(compat.CSVLoggerWithWriter):
     """CSVLogger over `ContinuingWriter` (logs/metrics.csv of the run)."""
 
-    @property
-    @rank_zero_only
-    def experiment(self) -> ContinuingWriter:
-        if self._experiment is None:
-            os.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = ContinuingWriter(log_dir=self.log_dir)
-        return self._experiment
+    writer = ContinuingWriter
 
 
 def _csv_writer(trainer) -> ContinuingWriter | None:
@@ -100,33 +88,6 @@ def _csv_writer(trainer) -> ContinuingWriter | None:
         if isinstance(logger, ContinuingCSVLogger) and trainer.is_global_zero:
             return logger.experiment
     return None
-
-
-def _pending_step_row(trainer) -> tuple[dict, int] | None:
-    """The row Lightning logs right after on_train_batch_end, when a checkpoint is saved in
-    that hook (its batch `completed` count is not yet incremented); None elsewhere. The same
-    test and values as Lightning's `update_train_step_metrics`."""
-    from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
-
-    loop = trainer.fit_loop.epoch_loop
-    if epoch_ended_unlogged(trainer):  # as Lightning's update_train_epoch_metrics will log it
-        row = convert_tensors_to_scalars(loop._results.metrics(False)["log"])
-        row.setdefault("epoch", trainer.current_epoch)
-        return (row, loop._batches_that_stepped - 1) if row else None
-    progress = loop.batch_progress.current
-    connector = trainer._logger_connector
-    if not (trainer.training and progress.completed < progress.processed
-            and connector._first_loop_iter is not None):
-        return None
-    if trainer.fit_loop._should_accumulate() and trainer.lightning_module.automatic_optimization:
-        return None
-    if not (connector.should_update_logs or trainer.fast_dev_run):
-        return None
-    row = convert_tensors_to_scalars(connector.metrics["log"])
-    if not row:
-        return None
-    row.setdefault("epoch", trainer.current_epoch)
-    return row, loop._batches_that_stepped
 
 
 class LogRowsInCheckpoint(L.Callback):
@@ -137,7 +98,7 @@ class LogRowsInCheckpoint(L.Callback):
         writer = _csv_writer(trainer)
         if writer is None:
             return
-        pending = _pending_step_row(trainer)
+        pending = compat.pending_log_row(trainer)
         checkpoint["metrics_log"] = {"rows": writer.rows,
                                      "pending": list(pending) if pending else None}
 

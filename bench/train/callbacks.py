@@ -1,4 +1,5 @@
-"""Lightning callbacks of the suite: costs and shares, status progress, plain log lines."""
+"""Lightning callbacks of one run: costs and shares, status progress, divergence, plain log lines
+(the callbacks of stopping and resuming are bench/resume/'s)."""
 from __future__ import annotations
 
 import sys
@@ -8,20 +9,8 @@ import lightning as L
 import torch
 
 import lesa
-from bench.report import flops
-from bench.run.signals import hand_stop_to_lightning, save_on_stop, stop_requested
-
-
-def forward_flops(module: torch.nn.Module, example: torch.Tensor) -> int:
-    """Forward FLOPs of one example (torch.utils.flop_counter, as Lightning's summary does)."""
-    example = example.to(next(module.parameters()).device)
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            return flops.count_flops(lambda: module(example))
-    finally:
-        module.train(was_training)
+from bench.costs.flops import forward_flops
+from bench.train import Diverged
 
 
 class CostsAndShares(L.Callback):
@@ -44,7 +33,7 @@ class CostsAndShares(L.Callback):
         self.summary["backbone_params"] = sum(p.numel() for p in backbone.parameters())
         lesa.record_shares(backbone, False)
         self.summary["gflops"] = forward_flops(backbone, pl_module.example_input_array) / 1e9
-        # once per run: a resumed run has this row in its log already (bench/run/metrics_log.py)
+        # once per run: a resumed run has this row in its log already (bench/resume/metrics_log.py)
         if trainer.logger is not None and trainer.is_global_zero and trainer.ckpt_path is None:
             trainer.logger.log_metrics({"cost/params": self.summary["params"],
                                         "cost/gflops": self.summary["gflops"]}, step=0)
@@ -161,10 +150,6 @@ class StatusProgress(L.Callback):
             self._write(trainer)
 
 
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 class DivergenceGuard(L.Callback):
     """Stop a run whose training loss is no longer finite (it is marked failed: diverged)."""
 
@@ -174,42 +159,6 @@ class DivergenceGuard(L.Callback):
             raise Diverged(f"training loss is {loss.item()} at epoch {trainer.current_epoch + 1}, "
                            f"step {trainer.global_step}; lower optim.lr or set "
                            f"trainer.gradient_clip_val")
-
-
-class SaveOnInterrupt(L.Callback):
-    """Save last.ckpt when a stop (Ctrl-C or SIGTERM) ends training at a point it can resume
-    from exactly, so a re-run resumes from there (bench/run/signals.py says which points).
-
-    Only on stops: after a crash the last good checkpoint is worth more. (Lightning's
-    OnExceptionCheckpoint saves on any exception and deletes its file at teardown.)
-    """
-
-    def __init__(self, path):
-        self.path = path
-
-    def on_exception(self, trainer, pl_module, exception):
-        save_on_stop(trainer, self.path, exception)
-
-
-class StopAtSafePoint(L.Callback):
-    """Hands a requested stop to Lightning's graceful stop where it may act, and holds it back
-    through a validation, which must run to its end (bench/run/signals.py)."""
-
-    def on_train_start(self, trainer, pl_module):
-        hand_stop_to_lightning(trainer)  # Lightning clears its flag when fit starts
-
-    def on_test_start(self, trainer, pl_module):
-        hand_stop_to_lightning(trainer)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        hand_stop_to_lightning(trainer)
-
-    def on_validation_start(self, trainer, pl_module):
-        hand_stop_to_lightning(trainer)  # held back: validating
-
-    def on_validation_end(self, trainer, pl_module):
-        # in fit, Lightning checks the flag next back in training, at the epoch's end
-        trainer._signal_connector.received_sigterm = trainer.state.fn == "fit" and stop_requested()
 
 
 class LogLines(L.Callback):

@@ -4,16 +4,15 @@ one array task per run, each training its run in the shared results directory.
 The array is a generated sbatch script (kept under results/<experiment>/slurm/ and printed by
 --dry-run): it maps $SLURM_ARRAY_TASK_ID to a run id and `exec`s `lesa-bench slurm EXP --run
 ID`, so the batch shell *is* the training process and `--signal=B:USR1@SECS` reaches it. That
-process is bench/run/requeue.py: on USR1 it saves a checkpoint at the next safe point, requeues
+process is bench/cluster/requeue.py: on USR1 it saves a checkpoint at the next safe point, requeues
 its own array task (`scontrol requeue`), and the requeued task resumes from the checkpoint.
 
 Each run's status.json records its array task (`slurm_job`, e.g. "4711_3"); `status` shows it
-with the task's SLURM state (squeue, else sacct), and submitting again skips runs that are done
-or whose task is still queued or running. No torch here: `status` imports this module.
+with the task's SLURM state (squeue, else sacct: queue.py), and submitting again skips runs that
+are done or whose task is still queued or running.
 """
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -26,8 +25,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bench.cluster.queue import job_states
 from bench.config import ConfigError, Experiment, Run
-from bench.store import RunDir, RunState, experiment_dir, write_atomic
+from bench.store import RunDir, RunState, experiment_dir
 
 # a task in one of these states is still the run's: submitting again leaves the run to it
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
@@ -89,49 +89,13 @@ def catch_warning_signal(signum: int = signal.SIGUSR1) -> None:
 
     def on_signal(signum, frame):
         global _warned
-        _warned = True  # no saving in a handler: bench/run/requeue.py saves at a batch end
+        _warned = True  # no saving in a handler: bench/cluster/requeue.py saves at a batch end
 
     signal.signal(signum, on_signal)
 
 
 def warned() -> bool:
     return _warned
-
-
-def task_id() -> str | None:
-    """This process's array task as "<array job>_<task>" (plain job id outside arrays)."""
-    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array and index:
-        return f"{array}_{index}"
-    return os.environ.get("SLURM_JOB_ID")
-
-
-def job_states(tasks: list[str]) -> dict[str, str]:
-    """{"4711_3": "RUNNING", ...} for the given array tasks, from squeue (queued, running and
-    recently ended tasks), then sacct where accounting is on. A task neither knows is missing."""
-    jobs = sorted({t.split("_")[0] for t in tasks if t})
-    if not jobs or not shutil.which("squeue"):
-        return {}
-    states: dict[str, str] = {}
-    out = _query(["squeue", "-h", "-r", "--states=all", "-o", "%i|%T", "-j", ",".join(jobs)])
-    for line in out.splitlines():
-        task, _, state = line.partition("|")
-        states[task.strip()] = state.strip()
-    missing = [t for t in tasks if t and t not in states]
-    if missing and shutil.which("sacct"):
-        out = _query(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(jobs)])
-        for line in out.splitlines():
-            task, _, state = line.partition("|")
-            states.setdefault(task.strip(), state.split()[0] if state else "")
-    return states
-
-
-def _query(cmd: list[str]) -> str:
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return done.stdout if done.returncode == 0 else ""  # e.g. sacct without accounting
 
 
 def to_submit(runs: list[Run], root: Path, retry_failed: bool = False):
@@ -245,14 +209,3 @@ def submit(exp: Experiment, runs: list[Run], res: Resources, results: Path, sele
                   f"  logs {root / SLURM_DIR}/{job}_<task>.out; `lesa-bench status` shows each "
                   f"run's task and its SLURM state", highlight=False, soft_wrap=True)
     return 0
-
-
-def status_column(records) -> dict[str, str] | None:
-    """{run id: "4711_3 RUNNING"} for `status`, or None when no run was ever submitted."""
-    tasks = {r.run.id: r.status.get("slurm_job") for r in records if r.status.get("slurm_job")}
-    if not tasks:
-        return None
-    states = job_states(list(tasks.values()))
-    # a task SLURM has forgotten (MinJobAge, no accounting) shows its id alone
-    return {rid: f"{task} {states.get(task, '').lower()}".strip()
-            for rid, task in tasks.items()}

@@ -17,7 +17,7 @@ def _conv_costs(backbone: str, size: int, classes: int, output_stride: int, widt
     import torch
 
     import lesa
-    from bench.run.callbacks import forward_flops
+    from bench.costs.flops import forward_flops
 
     key = (round(width, 2), flops)
     if key not in cache:
@@ -52,7 +52,7 @@ def model_costs(backbone: str, size: int, classes: int, output_stride: int = 32,
     import torch
 
     import lesa
-    from bench.run.callbacks import forward_flops
+    from bench.costs.flops import forward_flops
 
     rows = []
     x = torch.zeros(1, 3, size, size)
@@ -71,7 +71,7 @@ def model_costs(backbone: str, size: int, classes: int, output_stride: int = 32,
             "fusion": fusion,
             "params": sum(p.numel() for p in model.parameters()),
             "gflops": flops / 1e9,
-            "attention_modules": sum(1 for _ in lesa.block._fusions(model)),
+            "attention_modules": sum(1 for _ in lesa.attention_modules(model)),
             "stage4_shape": list(features["layer4"].shape),
             "output_shape": list(out.shape),
         }

@@ -65,7 +65,7 @@ def _digit_scenes_options(texts: list[str]) -> dict:
     """--set KEY=VALUE for digit_scenes, checked as the config checks data.* (DataError)."""
     from bench.config import ConfigError, parse_assignment
     from bench.data import DATASETS, DataError
-    from bench.data.options import check_options
+    from bench.data import check_options
     from lesa.names import did_you_mean
 
     allowed = {**DATASETS["digit_scenes"].options, "split_seed": 0}

@@ -1,4 +1,4 @@
-"""Inside a SLURM array task (bench/run/slurm.py): train one run, and on the warning signal save
+"""Inside a SLURM array task (bench/cluster/slurm.py): train one run, and on the warning signal save
 a checkpoint and requeue the task, which then resumes from that checkpoint.
 
 The USR1 handler only sets a flag: the checkpoint is written by `RequeueOnSignal` at the end of
@@ -18,12 +18,14 @@ import warnings
 import lightning as L
 from rich.console import Console
 
+from bench import compat
+from bench.cluster.queue import task_id
+from bench.cluster.slurm import catch_warning_signal, warned
 from bench.config import ConfigError, Experiment
-from bench.run.ddp import is_ddp_child
+from bench.resume.stops import RunInterrupted
 from bench.run.runner import SKIPPED, execute, run_ddp_rank
-from bench.run.signals import RunInterrupted
-from bench.run.slurm import catch_warning_signal, task_id, warned
 from bench.store import RunDir, RunState, experiment_dir
+from bench.train.ddp import is_ddp_child
 
 
 class Preempted(RunInterrupted):
@@ -42,12 +44,8 @@ class RequeueOnSignal(L.Callback):
         return warned()
 
     def setup(self, trainer, pl_module, stage):
-        from lightning.fabric.plugins.environments import SLURMEnvironment
-
         # what Lightning's signal connector reads when fit starts, after this hook
-        environment = trainer._accelerator_connector.cluster_environment
-        if isinstance(environment, SLURMEnvironment):
-            environment.auto_requeue = False
+        compat.disable_slurm_auto_requeue(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         stop = self.signalled

@@ -1,5 +1,5 @@
 """The optional experiment trackers of a run (`trainer.loggers`): TensorBoard and MLflow, beside
-the CSV logger that train.py always keeps.
+the CSV logger that bench/train/trainer.py always keeps.
 
     tensorboard  <run dir>/tensorboard/ event files; the run's matrix axes as hparams, so
                  `tensorboard --logdir results/<experiment>` compares every run
@@ -9,7 +9,7 @@ the CSV logger that train.py always keeps.
                  kept in <run dir>/mlflow.json, so a resumed run continues the same MLflow run.
 
 Which names are allowed and whether their packages are installed is checked at load time
-(bench/config/loggers.py). Imported by train.py only: Lightning and the trackers load here.
+(bench/config/loggers.py). Imported by trainer.py only: Lightning and the trackers load here.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
+from bench import compat
 from bench.config import Run
 from bench.store import RunDir, write_atomic
 
@@ -69,7 +70,7 @@ class AxesTensorBoardLogger(TensorBoardLogger):
         self.hparams.update(self._axes)
         # the summaries name the metric columns; their values are the scalars logged under the
         # same tags (no placeholder values logged, unlike Lightning's hp_metric)
-        writer = self.experiment._get_file_writer()
+        writer = compat.tensorboard_file_writer(self)
         for summary in hparams(self._axes, {m: 0.0 for m in self._metric_names}):
             writer.add_summary(summary, step)
 
@@ -181,7 +182,7 @@ def extra_loggers(run: Run, run_dir: RunDir, monitor: str) -> list:
     """The loggers trainer.loggers asks for beside csv; `monitor`: the task's validation metric
     (it and its test twin are the columns of TensorBoard's HParams view). None in a DDP rank
     > 0: rank 0 logs for all of them."""
-    from bench.run.ddp import is_ddp_child
+    from bench.train.ddp import is_ddp_child
 
     names = run.config["trainer"].get("loggers") or []
     if is_ddp_child():

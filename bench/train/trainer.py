@@ -1,7 +1,8 @@
 """One run: build its datamodule, task and Trainer, fit (or resume), test, return its metrics.
 
 The runner (bench/run/runner.py) decides which runs to train and records their outcome; this
-module trains one. Lightning and torch are imported here, not at the runner's import.
+module trains one. What makes a run resumable comes from bench/resume/ (`trainer_parts`, the
+resume point, `stopping`). Lightning and torch are imported here, not at the runner's import.
 """
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import sys
 import warnings
 
 from bench.config import Run
-from bench.run.ddp import announce_ddp_run, ddp_resume_point, end_ddp_run, is_ddp_child
-from bench.run.signals import RunInterrupted, stop_requested, stops_deferred
 from bench.store import RunDir
+from bench.train.ddp import announce_ddp_run, ddp_resume_point, end_ddp_run, is_ddp_child
 
 CHECKPOINT_EVERY_N_STEPS = 200  # trainer.checkpoint_every_n_steps when the config has none
 
@@ -32,28 +32,18 @@ def _quiet_lightning() -> None:
 
 def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monitor: str, mode: str):
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import RichProgressBar
 
-    from bench.run.callbacks import (DivergenceGuard, LogLines, SaveOnInterrupt, StatusProgress,
-                                     StopAtSafePoint)
-    from bench.run.checkpoints import (AtomicCheckpointIO, EpochAggregates, PeriodicCheckpoint,
-                                       RunIdentityAndRng)
-    from bench.run.metrics_log import ContinuingCSVLogger, LogRowsInCheckpoint
-    from bench.run.loggers import extra_loggers
+    from bench.resume import trainer_parts
+    from bench.train.callbacks import DivergenceGuard, LogLines, StatusProgress
+    from bench.train.loggers import extra_loggers
 
     t = run.config["trainer"]
     interactive = sys.stdout.isatty() and not is_ddp_child()
     every = t.get("checkpoint_every_n_steps", CHECKPOINT_EVERY_N_STEPS)
+    resumable = trainer_parts(run.id, run.config, run_dir, monitor, mode, every)
     callbacks = [
-        ModelCheckpoint(dirpath=run_dir.checkpoints, filename="best", monitor=monitor, mode=mode,
-                        save_top_k=1, save_last=True, auto_insert_metric_name=False,
-                        enable_version_counter=False),  # last.ckpt is shared with PeriodicCheckpoint
-        EpochAggregates(),  # before any callback that saves at a batch end
-        PeriodicCheckpoint(run_dir.last_checkpoint, every),
-        RunIdentityAndRng(run.id, run.config),
-        LogRowsInCheckpoint(),
-        SaveOnInterrupt(run_dir.last_checkpoint),
-        StopAtSafePoint(),
+        *resumable["callbacks"],
         StatusProgress(run_dir),
         DivergenceGuard(),
         RichProgressBar() if interactive else LogLines(label),
@@ -61,12 +51,12 @@ def build_trainer(run: Run, run_dir: RunDir, callbacks: list, label: str, monito
     ]
     return L.Trainer(
         default_root_dir=run_dir.path,
-        logger=[ContinuingCSVLogger(run_dir.path, name="logs", version=""),
-                *extra_loggers(run, run_dir, monitor)],  # trainer.loggers: bench/run/loggers.py
+        logger=[resumable["logger"],
+                *extra_loggers(run, run_dir, monitor)],  # trainer.loggers: bench/train/loggers.py
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        # the datamodules' samplers are sharded by rank in bench/run/checkpoints.py, which can resume
-        # mid-epoch; Lightning's DistributedSampler wrapper could not
+        plugins=resumable["plugins"],
+        # the datamodules' samplers are sharded by rank in bench/resume/batches.py, which can
+        # resume mid-epoch; Lightning's DistributedSampler wrapper could not
         use_distributed_sampler=False,
         enable_progress_bar=interactive,
         enable_model_summary=False,
@@ -88,12 +78,13 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     import lightning as L
 
     from bench.data import build_datamodule, dataset_spec
-    from bench.run.callbacks import CostsAndShares
-    from bench.run.checkpoints import ResumableData
-    from bench.run.environment import environment
-    from bench.run.resume import resume_point
-    from bench.run.shares import ShareAnalysis
+    from bench.environment import environment
+    from bench.resume.batches import ResumableData
+    from bench.resume.point import resume_point
+    from bench.resume.stops import raise_if_stopped, stopping
     from bench.tasks import TASKS, build_task
+    from bench.train.callbacks import CostsAndShares
+    from bench.train.shares import ShareAnalysis
 
     _quiet_lightning()
     cfg = run.config
@@ -104,7 +95,7 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     task = build_task(cfg, datamodule)
     costs = CostsAndShares()
     # the weights before any training (a resumed run loads its checkpoint later, in fit): the
-    # share report's "same model at initialisation" (bench/run/shares.py)
+    # share report's "same model at initialisation" (bench/train/shares.py)
     initial = {k: v.detach().clone() for k, v in task.backbone.state_dict().items()}
     share_analysis = ShareAnalysis(initial)
     callbacks = [costs, share_analysis, ResumableData(datamodule), *extra_callbacks]
@@ -117,18 +108,14 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     env = environment(trainer.strategy.root_device.type)
     launched = announce_ddp_run(run.id, resume) if trainer.world_size > 1 else {}
     try:
-        # a stop ends training where it can resume exactly (bench/run/signals.py)
-        with stops_deferred(trainer):
+        # a stop ends training where it can resume exactly (bench/resume/stops.py)
+        with stopping(trainer):
             trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
-            if trainer.interrupted or stop_requested():  # a stop after the last check
-                raise RunInterrupted()
+            raise_if_stopped(trainer)
             best = trainer.checkpoint_callback.best_model_path
             tested = trainer.test(task, datamodule=datamodule, ckpt_path=best or None,
                                   verbose=False)
-            if stop_requested():  # in the test's last batch: tested again on resume
-                raise RunInterrupted()
-    except SystemExit:  # Lightning's graceful stop (SIGTERMException) or its KeyboardInterrupt
-        raise RunInterrupted() from None
+            raise_if_stopped(trainer)  # in the test's last batch: tested again on resume
     finally:
         if launched:
             end_ddp_run(launched)

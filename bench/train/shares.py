@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import lesa
-from bench.tasks.metrics import AITOD_BUCKETS
+from bench.tasks import AITOD_BUCKETS
 
 INIT_BN_BATCHES = 16   # training batches that re-estimate BatchNorm statistics at init
 QUANTILES = (5, 25, 50, 75, 95)
@@ -164,7 +164,7 @@ class ShareAnalysis(L.Callback):
     the module geometry, dynamic's gate statistics and (detection) the box shares of the
     trained model, then the same and the shares of the model at initialisation.
 
-    `initial_state`: the backbone's state dict before any training (train.py takes it right
+    `initial_state`: the backbone's state dict before any training (trainer.py takes it right
     after building the task, before a checkpoint is loaded)."""
 
     def __init__(self, initial_state: dict | None, bn_batches: int = INIT_BN_BATCHES):
@@ -205,7 +205,7 @@ class ShareAnalysis(L.Callback):
                 self.initial = self._initial(trainer, pl_module)
 
     def _collect(self, pl_module, shares: dict | None) -> dict | None:
-        from bench.run.callbacks import share_summary
+        from bench.train.callbacks import share_summary
 
         backbone = pl_module.backbone
         shares = shares if shares is not None else share_summary(pl_module)

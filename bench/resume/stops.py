@@ -1,10 +1,12 @@
-"""Stop signals: Ctrl-C and SIGTERM stop a run at the next point it can resume from exactly,
-where it saves a checkpoint and is marked interrupted.
+"""Stops: Ctrl-C and SIGTERM stop a run at the next point it can resume from exactly, where it
+saves a checkpoint and is marked interrupted. Everything about a stop is here: the signal
+handlers, the hand-over to Lightning's graceful stop (this is the one module that sets its flag,
+through bench/compat.py), the callbacks that save at the stop and hold it through a validation,
+and the context a run's fit and test run in (`stopping`).
 
-While a run trains or tests (`stops_deferred`), a stop is handed to Lightning's own graceful
-stop: it sets the Trainer's `received_sigterm`, and Lightning raises `SIGTERMException` at the
-end of the current training batch (after its metrics are logged) or at the end of the epoch;
-`SaveOnInterrupt` (bench/run/callbacks.py) saves there. A stop is not raised where it lands: in
+While a run trains or tests (`stopping`), a stop is handed to Lightning's own graceful stop:
+Lightning raises `SIGTERMException` at the end of the current training batch (after its metrics
+are logged) or at the end of the epoch; `SaveOnInterrupt` saves there. A stop is not raised where it lands: in
 the middle of a step the saved state would mix the batch in flight with the one before, and a
 checkpoint from the middle of a validation loses the metrics accumulated so far. So a stop
 during validation waits for the validation to end (`StopAtSafePoint`). A second Ctrl-C stops at
@@ -14,7 +16,7 @@ SIGTERM for one key press).
 
 Outside a run (loading data, between runs), SIGTERM raises `Terminated`, a KeyboardInterrupt, so
 every `except KeyboardInterrupt` treats it as a Ctrl-C. Passing a stop on to worker processes is
-bench/run/workers.py's.
+bench/run/workers.py's; saving and requeueing on SLURM's warning signal, bench/cluster/requeue.py's.
 """
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ import contextlib
 import os
 import signal
 import threading
+
+import lightning as L
+
+from bench import compat
 
 
 class Terminated(KeyboardInterrupt):
@@ -61,19 +67,28 @@ def lightning_may_stop(trainer) -> bool:
 def hand_stop_to_lightning(trainer) -> None:
     """Set (or, in a validation, hold back) Lightning's stop flag for a requested stop."""
     if _Deferral.requested is not None:
-        trainer._signal_connector.received_sigterm = lightning_may_stop(trainer)
+        compat.set_stop_flag(trainer, lightning_may_stop(trainer))
 
 
 @contextlib.contextmanager
-def stops_deferred(trainer):
-    """While the block runs (a run's fit and test), a stop is handed to `trainer` instead of
-    raised where it lands."""
+def stopping(trainer):
+    """The block (a run's fit and test) runs with stops handed to `trainer` instead of raised
+    where they land; a stop that ended it raises RunInterrupted (after SaveOnInterrupt saved)."""
     global _saving
     _Deferral.trainer, _Deferral.requested, _Deferral.ctrl_c, _saving = trainer, None, 0, False
     try:
         yield
+    except SystemExit:  # Lightning's graceful stop (SIGTERMException) or its KeyboardInterrupt
+        raise RunInterrupted() from None
     finally:
         _Deferral.trainer = None
+
+
+def raise_if_stopped(trainer) -> None:
+    """RunInterrupted when a stop came that Lightning did not act on (after its last check, or
+    in the test's last batch: the test runs again on resume)."""
+    if trainer.interrupted or stop_requested():
+        raise RunInterrupted()
 
 
 def _on_stop(signum, frame):
@@ -144,3 +159,39 @@ def stops_held():
             signal.signal(sig, handler)
     for sig in pending[:1]:  # the first stop acts, as it would have in the write
         held[sig](sig, None)
+
+
+class SaveOnInterrupt(L.Callback):
+    """Save last.ckpt when a stop ends training at a point it can resume from exactly, so a
+    re-run resumes from there.
+
+    Only on stops: after a crash the last good checkpoint is worth more. (Lightning's
+    OnExceptionCheckpoint saves on any exception and deletes its file at teardown.)
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_exception(self, trainer, pl_module, exception):
+        save_on_stop(trainer, self.path, exception)
+
+
+class StopAtSafePoint(L.Callback):
+    """Hands a requested stop to Lightning's graceful stop where it may act, and holds it back
+    through a validation, which must run to its end."""
+
+    def on_train_start(self, trainer, pl_module):
+        hand_stop_to_lightning(trainer)  # Lightning clears its flag when fit starts
+
+    def on_test_start(self, trainer, pl_module):
+        hand_stop_to_lightning(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        hand_stop_to_lightning(trainer)
+
+    def on_validation_start(self, trainer, pl_module):
+        hand_stop_to_lightning(trainer)  # held back: validating
+
+    def on_validation_end(self, trainer, pl_module):
+        # in fit, Lightning checks the flag next back in training, at the epoch's end
+        compat.set_stop_flag(trainer, trainer.state.fn == "fit" and stop_requested())
