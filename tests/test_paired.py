@@ -1,4 +1,4 @@
-"""The paired design (../shared/reference/statistics.md): val/test sets drawn from
+"""The paired design (docs/statistics.md): val/test sets drawn from
 data.split_seed, the same for every run seed; the same run seed gives every strategy the same
 initialisation of the layers they share (lesa.ResNet's init_seed, the detector's FPN and head)."""
 from __future__ import annotations

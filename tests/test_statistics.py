@@ -201,7 +201,7 @@ def test_seeds_needed_is_the_smallest_n_with_80_percent_power(diff, sd, paired):
 
 
 def test_seeds_needed_matches_the_reference_figures_unpaired():
-    # shared/reference/statistics.md: 19 / 5 (digits, std 1.08) and 338 / 85 (AP50, std 4.64),
+    # docs/statistics.md: 19 / 5 (digits, std 1.08) and 338 / 85 (AP50, std 4.64),
     # from the normal approximation; the exact noncentral t asks for at most one more
     for diff, sd, approx in [(1, 1.08, 19), (2, 1.08, 5), (1, 4.64, 338), (2, 4.64, 85)]:
         assert approx <= seeds_needed(diff, sd, paired=False) <= approx + 1
