@@ -20,7 +20,7 @@ from .binary import BinaryTerm, RelativePosition2d
 from .block import LESA2d
 from .deformable import DeformableConv3x3
 from .fusion import check_fusion
-from .names import unknown
+from .names import Registry, unknown
 from .raster import RasterPosition
 
 
@@ -35,7 +35,7 @@ class Arch:
     note: str = ""
 
 
-ARCHS: dict[str, Arch] = {
+ARCHS: Registry = Registry("backbone", Arch, {
     "resnet50": Arch((3, 4, 6, 3), (64, 128, 256, 512), note="ImageNet/COCO scale"),
     "resnet26": Arch((2, 2, 2, 2), (64, 128, 256, 512), note="ImageNet/COCO scale"),
     "wrn50": Arch((3, 4, 6, 3), (128, 256, 512, 1024), out_scale=2, note="wide ResNet-50-2"),
@@ -43,7 +43,18 @@ ARCHS: dict[str, Arch] = {
                         note="CPU-sized, for 32x32 inputs"),
     "resnet_small": Arch((1, 1, 2, 1), (16, 32, 64, 128), stem="small", stem_width=16,
                          note="CPU-sized, for 128x128 inputs (detection)"),
-}
+}, home="lesa/backbone.py").seal()
+
+
+def register_backbone(name: str, arch: Arch) -> Arch:
+    """ARCHS[name] = arch: a ResNet layout of one's own (a plugin, docs/plugins.md) that every
+    strategy, task and command can then name (lesa.names.Registry's rules)."""
+    return ARCHS.add(name, arch)
+
+
+def unregister_backbone(name: str) -> None:
+    """Remove a backbone that is not a built-in (a plugin's, when it is unloaded)."""
+    ARCHS.remove(name)
 
 
 class Bottleneck(nn.Module):
@@ -186,6 +197,12 @@ class ResNet(nn.Module):
     `width` multiplies every stage's bottleneck width (the stem keeps its own): rounded to an
     integer, and in an attention stage to a multiple of 2 * heads, which the heads' q/k split
     needs (`stage_widths` says what was built).
+    `frozen_stages` (mmdetection's ResNet option): -1 (default) trains everything; k >= 0
+    freezes the stem and stages 1..k (no gradients, and evaluation mode whatever `train()`
+    says). `norm_eval=True` keeps every BatchNorm of the backbone (the attention's logit and
+    gate BatchNorms included) in evaluation mode, on its running statistics, through
+    `train()`; their affine parameters still learn unless frozen. The detection release
+    trains with both (`RELEASE`).
     """
 
     def __init__(self, arch: Arch, fusion: str = "dynamic", num_classes: int | None = None,
@@ -195,7 +212,8 @@ class ResNet(nn.Module):
                  recompute_attention: bool = False, channels_last: bool = False,
                  init_seed: int | None = None, fusion_options: dict | None = None,
                  logits: str = "scaled", positions: str = "relative2d", unary: str = "grouped",
-                 deformable_stages=(), width: float = 1.0):
+                 deformable_stages=(), width: float = 1.0, frozen_stages: int = -1,
+                 norm_eval: bool = False):
         if isinstance(init_seed, bool) or not isinstance(init_seed, (int, type(None))):
             raise TypeError(f"init_seed must be an int or None, not {init_seed!r}")
         global_rng = torch.get_rng_state() if init_seed is not None else None
@@ -253,6 +271,35 @@ class ResNet(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        if isinstance(frozen_stages, bool) or frozen_stages not in (-1, 0, 1, 2, 3, 4):
+            raise ValueError(f"frozen_stages must be -1 (none) or 0-4 (the stem and stages "
+                             f"1..k), not {frozen_stages!r}")
+        if not isinstance(norm_eval, bool):
+            raise ValueError(f"norm_eval must be True or False, not {norm_eval!r}")
+        self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The stem and stages 1..frozen_stages (none at -1)."""
+        if self.frozen_stages < 0:
+            return []
+        return [self.stem] + [getattr(self, f"layer{s}") for s in range(1, self.frozen_stages + 1)]
+
+    def train(self, mode: bool = True) -> "ResNet":
+        """As nn.Module.train, but the frozen stages stay in evaluation mode and, with
+        norm_eval, every BatchNorm: a trainer's `model.train()` reaches this through any
+        parent module, so the options hold in every training loop."""
+        super().train(mode)
+        if mode:
+            for module in self.frozen_modules():
+                module.eval()
+            if self.norm_eval:
+                for module in self.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -286,8 +333,10 @@ class ResNet(nn.Module):
 RELEASE = {
     "classification": {"logits": "batchnorm", "positions": "raster", "unary": "grouped",
                        "deformable_stages": ()},
+    # its mmdetection configs also train with BatchNorm on running statistics (norm_eval) and
+    # the stem and stage 1 frozen, as mmdetection's ResNets do by default
     "detection": {"logits": "batchnorm", "positions": "relative2d", "unary": "deformable",
-                  "deformable_stages": (2, 3, 4)},
+                  "deformable_stages": (2, 3, 4), "norm_eval": True, "frozen_stages": 1},
 }
 
 
@@ -309,7 +358,8 @@ def build_backbone(name: str, fusion: str = "dynamic", num_classes: int | None =
     """Build a backbone by name (`lesa.ARCHS`): resnet50, resnet26, wrn50, resnet_tiny (32x32
     inputs), resnet_small (128x128 inputs). kwargs go to `ResNet` (heads, output_stride,
     attention_stages, max_map_size, in_channels, window, recompute_attention, channels_last,
-    init_seed, fusion_options, logits, positions, unary, deformable_stages, width) and `stem`
+    init_seed, fusion_options, logits, positions, unary, deformable_stages, width,
+    frozen_stages, norm_eval) and `stem`
     (imagenet, small or cifar) to replace the architecture's stem. `release` (True or
     "classification", or "detection") selects the released code's choices for that task
     (`RELEASE`); an option given here (not None) wins over the preset."""

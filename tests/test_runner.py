@@ -71,9 +71,12 @@ def test_tiny_matrix_end_to_end(tiny_experiment, tmp_path, capsys):
     assert capsys.readouterr().out.count("done") >= 4
 
 
-def test_failed_run_is_recorded_and_the_matrix_goes_on(tiny_experiment, tmp_path, capsys):
+def test_failed_run_is_recorded_and_the_matrix_goes_on(tiny_experiment, tmp_path, capsys,
+                                                        monkeypatch):
     # heads=3 cannot split the tiny backbone's channels: every attention run fails in its
-    # constructor, conv (no attention) still trains
+    # constructor, conv (no attention) still trains. The model check before any run refuses
+    # it (tests/test_preflight.py): switched off here, so that the run itself fails
+    monkeypatch.setattr("bench.train.preflight.check_models", lambda *args, **kwargs: None)
     exp = tiny_experiment(model={"heads": 3}, matrix={"model.fusion": ["sa", "conv"]})
     results = tmp_path / "results"
     assert main(["run", str(exp), "--results", str(results)]) == 1
@@ -192,6 +195,8 @@ print(", ".join(send(name) for name in sys.argv[2:]))
     ("default", "SIGINT SIGTERM", "KeyboardInterrupt, Terminated"),
     # a background job of a non-interactive shell: SIGINT stays ignored, SIGTERM still stops
     ("ignore-sigint", "SIGINT SIGTERM", "nothing, Terminated"),
+    # the terminal closed: a stop like SIGTERM, not a kill
+    ("default", "SIGHUP saving SIGHUP", "Terminated, saving, nothing"),
 ])
 def test_a_saving_process_ignores_the_stop_its_parent_passes_on(sigint, sent, seen):
     """A `run --jobs` / `sweep --workers` worker hit by a terminal's Ctrl-C is sent a SIGTERM by

@@ -29,12 +29,13 @@ def test_dry_run_prints_one_array_task_per_pending_run(tiny_experiment, tmp_path
     exp = tiny_experiment()
     done = _cli("slurm", str(exp), "--results", str(tmp_path / "r"), "--dry-run", "--time",
                 "2:00:00", "--gpus", "2", "--partition", "gpu", "--sbatch=--account=lab",
-                "--sbatch", "#SBATCH --qos=low", "--signal-seconds", "120")
+                "--sbatch", "#SBATCH --qos=low", "--signal-seconds", "120",
+                "--set", "trainer.accelerator=gpu", "--set", "trainer.devices=2")
     assert done.returncode == 0, done.stderr
     script = done.stdout[done.stdout.index("#!/bin/bash"):]
     for line in ("#SBATCH --array=0-3", "#SBATCH --time=2:00:00", "#SBATCH --gres=gpu:2",
                  "#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=low",
-                 "#SBATCH --signal=B:USR1@120", "#SBATCH --requeue", "#SBATCH --cpus-per-task=1"):
+                 "#SBATCH --signal=B:USR1@120", "#SBATCH --requeue", "#SBATCH --cpus-per-task=2"):
         assert line in script.splitlines(), line
     assert 'exec ' in script and '--run "${RUNS[$SLURM_ARRAY_TASK_ID]}"' in script
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
@@ -128,6 +129,23 @@ def test_four_run_matrix_runs_as_a_job_array(tiny_experiment, tmp_path):
     status = _cli("status", str(exp), "--results", str(results))
     assert status.stdout.count("completed") == 4, status.stdout
     assert "0 to submit (4 done)" in _cli("slurm", str(exp), "--results", str(results)).stdout
+
+
+@pytest.mark.slow
+def test_results_path_with_a_space_hash_and_percent_runs(tiny_experiment, tmp_path):
+    """sbatch reads the quoted #SBATCH --output and its doubled %: the task writes its log under
+    the awkward path and trains the run there (unquoted, sbatch refuses the whole script)."""
+    _require_slurm()
+    exp = tiny_experiment(name="awkward", matrix={"model.fusion": ["conv"], "seed": [0]})
+    results = tmp_path / "my results #1 100%"
+    done = _cli("slurm", str(exp), "--results", str(results), "--time", "10")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = _submitted_job(done.stdout)
+    logs = results / "awkward" / "slurm"
+    _wait(lambda: all(rd.status().get("state") == "done"
+                      for rd in run_dirs(results, "awkward").values()) and run_dirs(
+                          results, "awkward"), "the run done", logs=logs)
+    assert (logs / f"{job}_0.out").exists(), sorted(p.name for p in logs.iterdir())
 
 
 # long enough that the signal lands mid-training: 3 epochs x 30 steps, a checkpoint every 5

@@ -140,6 +140,8 @@ class SeededDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not been called")
         n = len(dataset)
+        # evaluation keeps the split's own order, the same for every seed and strategy: runs'
+        # per-test-image records (predictions.npz) are paired by index
         sampler = SeededBatches(n, self.batch_size, seed=self.seed, shuffle=train,
                                 # a last batch of one would break BatchNorm in training
                                 drop_last=train and n >= self.batch_size)

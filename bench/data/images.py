@@ -165,13 +165,14 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _image_files(folder: Path, split: Path) -> list[str]:
-    """The images under one class folder, links followed, in a stable order. Refused, naming
-    the link: a loop (or a second path to a folder already read), a link into the split's other
-    class folders (its images would take this folder's label), a broken link to an image."""
+def _image_files(folder: Path, split: Path) -> list[tuple[str, str]]:
+    """The images under one class folder, links followed, in a stable order: (path, real path)
+    pairs. Refused, naming the link: a loop (or a second path to a folder already read), a link
+    into the split's other class folders (its images would take this folder's label), a broken
+    link to an image."""
     own, split_real = os.path.realpath(folder), os.path.realpath(split)
     seen: set[str] = set()
-    found: list[str] = []
+    found: list[tuple[str, str]] = []
 
     def check_link(entry, real: str) -> None:
         if _inside(real, split_real) and not _inside(real, own):
@@ -199,14 +200,45 @@ def _image_files(folder: Path, split: Path) -> list[str]:
                 if link and not os.path.exists(entry.path):
                     raise DataError(f"broken link {entry.path} -> {os.readlink(entry.path)}: "
                                     f"the image it names does not exist; fix or remove it")
+                # a plain file's real path is its folder's (resolved once per folder)
+                file_real = os.path.realpath(entry.path) if link else os.path.join(real,
+                                                                                 entry.name)
                 if link:
-                    check_link(entry, os.path.realpath(entry.path))
-                found.append(entry.path)
+                    check_link(entry, file_real)
+                found.append((entry.path, file_real))
         for sub in folders:
             walk(sub)
 
     walk(str(folder))
     return found
+
+
+def _check_class_folder(root: Path, split: str, name: str, reals: dict[str, str],
+                        owner: dict[str, str], above: dict[str, str]) -> None:
+    """Refuse a class folder that resolves into another split, to another place in its own split
+    (another class folder, or inside one), or to, inside or above a folder another class folder
+    resolved to: its images would be read twice, under two labels or in two splits. `reals`:
+    split -> its real folder; `owner`: real path -> the class folder that resolved to it, and
+    `above`: each real path's ancestors -> that class folder (both filled here)."""
+    path = root / split / name
+    real = os.path.realpath(path)
+    where = next((s for s in reals if s != split and _inside(real, reals[s])), None)
+    if where is not None:
+        raise DataError(f"class folder {path} resolves to {real}, inside the {where} split "
+                        f"{root / where}: {where}'s images would be read again as {split} "
+                        f"images; give {split}/ its own copies")
+    if _inside(real, reals[split]) and real != os.path.join(reals[split], name):
+        raise DataError(f"class folder {path} resolves to {real}, another place in "
+                        f"{root / split}: those images would be read again as class {name!r}; "
+                        f"remove the link")
+    ancestors = [str(p) for p in Path(real).parents]
+    other = owner.get(real) or above.get(real) or next(
+        (owner[a] for a in ancestors if a in owner), None)
+    if other is not None:
+        raise DataError(f"class folders {other} and {path} resolve to {os.path.realpath(other)} "
+                        f"and {real}: the same images would be read twice; remove the link")
+    owner[real] = str(path)
+    above.update(dict.fromkeys(ancestors, str(path)))
 
 
 class ImageFiles(Dataset):
@@ -290,7 +322,18 @@ class ImageFolderData(ClassificationData):
                                 f"only in train: {only_train or 'none'}; only in {split}: "
                                 f"{only_here or 'none'}; every split needs the same class "
                                 f"folders")
-        samples = {}
+        reals = {split: os.path.realpath(self.root / split) for split in splits}
+        for i, a in enumerate(splits):
+            for b in splits[i + 1:]:
+                if _inside(reals[a], reals[b]) or _inside(reals[b], reals[a]):
+                    raise DataError(f"split folders {self.root / a} and {self.root / b} resolve "
+                                    f"to {reals[a]} and {reals[b]}: one split's images would be "
+                                    f"read again in the other; give each split its own folder")
+        owner, above = {}, {}
+        for split in splits:
+            for name in classes["train"]:
+                _check_class_folder(self.root, split, name, reals, owner, above)
+        samples, reached = {}, {}  # reached: an image's real path -> the path it was read by
         for split in splits:
             samples[split] = []
             for label, name in enumerate(classes["train"]):
@@ -299,7 +342,13 @@ class ImageFolderData(ClassificationData):
                     raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in "
                                     f"{self.root / split / name}: add its images, or remove "
                                     f"the class folder from every split")
-                samples[split] += [(f, label) for f in files]
+                for path, real in files:
+                    if real in reached:  # a link (or a linked folder) to an image read before
+                        raise DataError(f"{path} and {reached[real]} are the same image file "
+                                        f"({real}): it would be read twice (under two labels, "
+                                        f"or in two splits); remove one of them")
+                    reached[real] = path
+                samples[split] += [(path, label) for path, _ in files]
         samples.setdefault("test", samples["val"])
         self._samples = samples
         self.classes, self.num_classes = classes["train"], len(classes["train"])

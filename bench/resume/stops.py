@@ -1,8 +1,8 @@
-"""Stops: Ctrl-C and SIGTERM stop a run at the next point it can resume from exactly, where it
-saves a checkpoint and is marked interrupted. Everything about a stop is here: the signal
-handlers, the hand-over to Lightning's graceful stop (this is the one module that sets its flag,
-through bench/compat.py), the callbacks that save at the stop and hold it through a validation,
-and the context a run's fit and test run in (`stopping`).
+"""Stops: Ctrl-C, SIGTERM and a closed terminal (SIGHUP) stop a run at the next point it can
+resume from exactly, where it saves a checkpoint and is marked interrupted. Everything about a
+stop is here: the signal handlers, the hand-over to Lightning's graceful stop (this is the one
+module that sets its flag, through bench/compat.py), the callbacks that save at the stop and
+hold it through a validation, and the context a run's fit and test run in (`stopping`).
 
 While a run trains or tests (`stopping`), a stop is handed to Lightning's own graceful stop:
 Lightning raises `SIGTERMException` at the end of the current training batch (after its metrics
@@ -36,6 +36,8 @@ class Terminated(KeyboardInterrupt):
 
 class RunInterrupted(Exception):
     """A run stopped by Ctrl-C or SIGTERM (its checkpoint saved when its fit had begun)."""
+
+    saved = False  # a checkpoint was saved at the stop (not after a second Ctrl-C)
 
 
 _saving = False  # set once an interrupted run starts saving (save_on_stop)
@@ -79,7 +81,9 @@ def stopping(trainer):
     try:
         yield
     except SystemExit:  # Lightning's graceful stop (SIGTERMException) or its KeyboardInterrupt
-        raise RunInterrupted() from None
+        stop = RunInterrupted()
+        stop.saved = _saving
+        raise stop from None
     finally:
         _Deferral.trainer = None
 
@@ -91,19 +95,28 @@ def raise_if_stopped(trainer) -> None:
         raise RunInterrupted()
 
 
+def _say(text: bytes) -> None:
+    """Write to stderr from the handler; a stderr whose reader is gone (`2>&1 | tee`, ended by
+    the same Ctrl-C) must not turn the stop into a BrokenPipeError that fails the run."""
+    try:
+        os.write(2, text)
+    except OSError:
+        pass
+
+
 def _on_stop(signum, frame):
     if _saving:
         return  # the --jobs parent's copy of a stop must not cut the save short
     trainer = _Deferral.trainer
     if trainer is None:
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        raise Terminated() if signum in (signal.SIGTERM, signal.SIGHUP) else KeyboardInterrupt()
     _Deferral.ctrl_c += signum == signal.SIGINT
     if _Deferral.ctrl_c >= 2:  # the user will not wait for the safe point: stop now, no save
-        os.write(2, b"\nstopping now: the run resumes from its last checkpoint\n")
+        _say(b"\nstopping now: the run resumes from its last checkpoint\n")
         raise KeyboardInterrupt()
     if _Deferral.requested is None:  # other further stops change nothing
-        os.write(2, b"\nstopping where the run can resume from exactly (the end of this "
-                    b"step or validation; Ctrl-C again: at once, from the last checkpoint)\n")
+        _say(b"\nstopping where the run can resume from exactly (the end of this step or "
+             b"validation; Ctrl-C again: at once, from the last checkpoint)\n")
         _Deferral.requested = signum
     # Lightning's own SIGTERM handler ran before this one and set the flag: set or hold it back
     hand_stop_to_lightning(trainer)
@@ -119,6 +132,8 @@ def install_stop_signals() -> None:
     signal.signal(signal.SIGTERM, _on_stop)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_stop)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # the terminal closed (not nohup)
+        signal.signal(signal.SIGHUP, _on_stop)
 
 
 def save_on_stop(trainer, path, exception: BaseException) -> None:
@@ -147,7 +162,7 @@ def stops_held():
         return
     pending = []
     held = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         handler = signal.getsignal(sig)
         if callable(handler):  # not ignored (Lightning ignores SIGINT while it shuts down)
             held[sig] = handler

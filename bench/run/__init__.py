@@ -4,4 +4,5 @@
                 is bench/train/)
     workers.py  local worker processes (run --jobs, sweep --workers)
     progress.py the parent's view of --jobs/--workers: counts, running epochs, ETA
+    pipes.py    a reader of the output gone (`| head`): a run stops as interrupted
 """

@@ -8,12 +8,20 @@ worker that is saving ignores the second stop (bench/resume/stops.py).
 
 With a log folder, each worker's output goes whole to <folder>/worker-<k>.log and, without its
 per-epoch lines, to the parent, which shows the matrix's progress (bench/run/progress.py):
-two workers' epoch lines no longer interleave, and only the parent draws a live display.
+two workers' epoch lines no longer interleave, and only the parent draws a live display. The
+workers print their runs' lines (starting, done, failed, interrupted); the matrix's summary is
+the parent's alone.
+
+A worker whose parent dies (`kill -9`, a closed terminal) gets SIGTERM (Linux: PR_SET_PDEATHSIG,
+`follow_parent`) and stops its run as interrupted, saved; elsewhere its next line, written to a
+pipe nobody reads, stops it the same way (bench/run/pipes.py).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +29,8 @@ import time
 from pathlib import Path
 
 WORKER_ENV = "LESA_BENCH_WORKER"
+PARENT_ENV = "LESA_BENCH_WORKER_PARENT"  # the pid of the process that started the worker
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_S = 1.0  # how often the parent re-reads the progress
 # a run's progress lines (bench/train/callbacks.py LogLines: "  [3/28] conv ... epoch 2/5 ..."):
 # kept in the worker's log; the parent's progress display says the same for every worker
@@ -34,6 +44,22 @@ def worker_slot() -> tuple[int, int] | None:
         return None
     k, n = (int(x) for x in text.split("/"))
     return k, n
+
+
+def follow_parent() -> None:
+    """In a worker: be sent SIGTERM when the parent that started it dies, which stops the run
+    as interrupted (bench/resume/stops.py). Before the stop handlers are installed SIGTERM
+    just ends the worker, which has changed nothing yet. No-op outside a worker or Linux."""
+    parent = os.environ.pop(PARENT_ENV, None)  # not for the processes it starts (DDP ranks)
+    if worker_slot() is None or not parent:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: a closed pipe stops it at its next line
+        return
+    if os.getppid() != int(parent):  # the parent died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _without(argv: list[str], names: tuple[str, ...]) -> list[str]:
@@ -68,7 +94,8 @@ def start_workers(argv: list[str], count: int, option: tuple[str, ...],
     workers = []
     for k in range(count):
         proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *plain],
-                                env={**env, WORKER_ENV: f"{k}/{count}"}, **piped)
+                                env={**env, WORKER_ENV: f"{k}/{count}",
+                                     PARENT_ENV: str(os.getpid())}, **piped)
         proc.log_path = log_dir / f"worker-{k}.log" if log_dir is not None else None
         workers.append(proc)
     return workers

@@ -20,7 +20,6 @@ import logging
 import math
 
 import numpy as np
-import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 from bench.tasks import AITOD_BUCKETS  # name -> (low, high) of sqrt(box area) in pixels

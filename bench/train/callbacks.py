@@ -10,6 +10,7 @@ import torch
 
 import lesa
 from bench.costs.flops import forward_flops
+from bench.tasks import task_spec
 from bench.train import Diverged
 
 
@@ -151,7 +152,10 @@ class StatusProgress(L.Callback):
 
 
 class DivergenceGuard(L.Callback):
-    """Stop a run whose training loss is no longer finite (it is marked failed: diverged)."""
+    """Stop a run whose training loss, or whose validation or test loss or task metric, is no
+    longer finite (it is marked failed: diverged, naming the value). The sanity check counts too:
+    a model that starts (or resumes) non-finite is no result. Detection's APs are NaN where there
+    is nothing to score: only what the task's TaskSpec.must_be_finite names is checked."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -159,6 +163,28 @@ class DivergenceGuard(L.Callback):
             raise Diverged(f"training loss is {loss.item()} at epoch {trainer.current_epoch + 1}, "
                            f"step {trainer.global_step}; lower optim.lr or set "
                            f"trainer.gradient_clip_val")
+
+    # at the end, not the epoch end: what the task logs in its own on_*_epoch_end reaches
+    # callback_metrics after the epoch-end hooks; the best checkpoint is saved after this
+    def on_validation_end(self, trainer, pl_module):
+        when = ("in the sanity check before training" if trainer.sanity_checking
+                else f"at epoch {trainer.current_epoch + 1} (step {trainer.global_step})")
+        self._check(trainer, pl_module, "val/", "validation", when)
+
+    def on_test_end(self, trainer, pl_module):
+        self._check(trainer, pl_module, "test/", "test", "in the final test")
+
+    @staticmethod
+    def _check(trainer, pl_module, prefix: str, stage: str, when: str) -> None:
+        spec = task_spec(pl_module)
+        watched = spec.must_be_finite if spec else lambda name: name.endswith("/loss")
+        names = [n for n in trainer.callback_metrics if n.startswith(prefix) and watched(n)]
+        for name in sorted(names, key=lambda n: ("/loss" not in n, n)):  # a loss named first
+            value = torch.as_tensor(trainer.callback_metrics[name])
+            if not torch.isfinite(value).all():
+                kind = "loss" if "/loss" in name else "metric"
+                raise Diverged(f"{stage} {kind} {name} is {value.float().mean().item()} {when}; "
+                               f"lower optim.lr or set trainer.gradient_clip_val")
 
 
 class LogLines(L.Callback):
