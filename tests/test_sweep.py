@@ -66,6 +66,13 @@ def test_sweep_section_is_normalised():
     grid = _exp(sampler="grid", trials=50, params={"optim.lr": [0.1, 0.2],
                                                    "model.heads": {"low": 1, "high": 2}}).sweep
     assert grid["trials"] == 4  # capped at the grid's size
+    # budgets: `trials: N` is short for `budget: {trials: N}`; hours alone, or both
+    assert sweep["budget"] == {"trials": 20} and _exp(trials=3).sweep["budget"] == {"trials": 3}
+    hours = _exp(budget={"hours": 1.5}).sweep
+    assert hours["budget"] == {"hours": 1.5} and hours["trials"] is None
+    both = _exp(sampler="grid", budget={"hours": 2, "trials": 50},
+                params={"optim.lr": [0.1, 0.2]}).sweep
+    assert both["budget"] == {"trials": 2, "hours": 2}
 
 
 @pytest.mark.parametrize("sweep, message", [
@@ -99,6 +106,16 @@ def test_sweep_section_is_normalised():
     ({"params": SPACE, "enqueue": [{"optim.lr": 5.0}]}, "sweep.enqueue[0].optim.lr: 5.0 is "
                                                          "outside its range"),
     ({"params": SPACE, "sweeps": 3}, "sweep.sweeps: unknown key"),
+    ({"params": SPACE, "trials": 5, "budget": {"hours": 1}},
+     "sweep.trials and sweep.budget: give one of them (`trials: 5` is short for `budget: "
+     "{trials: 5}`)"),
+    ({"params": SPACE, "budget": {"hourz": 1}},
+     "sweep.budget.hourz: unknown key (did you mean 'hours'?)"),
+    ({"params": SPACE, "budget": {"hours": -1}},
+     "sweep.budget.hours: expected a positive number (training hours per study), got -1"),
+    ({"params": SPACE, "budget": {"hours": float("nan")}}, "sweep.budget.hours: expected a"),
+    ({"params": SPACE, "budget": {"trials": 2.5}}, "sweep.budget.trials: expected a positive int"),
+    ({"params": SPACE, "budget": 5}, "sweep.budget: expected a mapping with trials and/or hours"),
 ])
 def test_bad_sweep_sections_name_key_value_and_choices(sweep, message):
     with pytest.raises(ConfigError) as err:
@@ -117,7 +134,7 @@ def test_example_sweep_file_loads_and_names_one_study_per_strategy():
 
     exp = load_experiment(ROOT / "experiments" / "sweep_quick.yaml")
     cells = study_cells(exp)
-    assert [c.name for c in cells] == [f"sweep_quick/{f}/digits" for f in
+    assert [c.name for c in cells] == [f"sweep_quick/{f}/digits/metrics=v2" for f in
                                        ("conv", "sa", "binary", "unary", "softmax", "sum",
                                         "dynamic")]
     assert all(c.base.config["seed"] == 0 and len(c.runs) == 2 for c in cells)
@@ -136,7 +153,7 @@ def test_six_trial_sweep_runs_trials_as_runs_and_resumes_to_the_budget(tiny_expe
     assert main(["sweep", str(exp), "--results", str(results)]) == 0
     elapsed = time.time() - t0
     studies = _studies(results, "tiny")
-    assert set(studies) == {"tiny/conv/digits", "tiny/sum/digits"}
+    assert set(studies) == {"tiny/conv/digits/metrics=v2", "tiny/sum/digits/metrics=v2"}
     runs = run_dirs(results, "tiny")
     for name, study in studies.items():
         assert _states(study) == {"COMPLETE": 3}
@@ -159,12 +176,12 @@ def test_six_trial_sweep_runs_trials_as_runs_and_resumes_to_the_budget(tiny_expe
     # a larger --trials continues to that total, not that many more
     assert main(["sweep", str(exp), "--results", str(results), "--trials", "4",
                  "--only", "model.fusion=conv"]) == 0
-    assert _states(_studies(results, "tiny")["tiny/conv/digits"]) == {"COMPLETE": 4}
+    assert _states(_studies(results, "tiny")["tiny/conv/digits/metrics=v2"]) == {"COMPLETE": 4}
     capsys.readouterr()
 
     assert main(["report", str(exp), "--results", str(results), "--sweep"]) == 0
     report = capsys.readouterr().out
-    assert "conv/digits" in report and "sum/digits" in report and "4/4" in report
+    assert "conv/digits/metrics=v2" in report and "sum/digits/metrics=v2" in report and "4/4" in report
     best = {n: s.best_trial for n, s in _studies(results, "tiny").items()}
     for trial in best.values():
         assert trial.user_attrs["run_id"] in report
@@ -177,7 +194,7 @@ def test_six_trial_sweep_runs_trials_as_runs_and_resumes_to_the_budget(tiny_expe
 
     tuned = apply_best_params(load_experiment(exp), results, Console(file=open(os.devnull, "w")))
     for run in tuned.runs:
-        trial = best[f"tiny/{run.config['model']['fusion']}/digits"]
+        trial = best[f"tiny/{run.config['model']['fusion']}/digits/metrics=v2"]
         assert run.config["optim"]["lr"] == trial.params["optim.lr"]
         if run.config["seed"] == 0:
             assert run.id == trial.user_attrs["run_id"]
@@ -208,7 +225,7 @@ def test_a_failing_or_diverging_trial_fails_alone(tiny_experiment, tmp_path, cap
                                  "params": {"model.heads": [2, 3], "optim.lr": [0.05, 1.0e+30]}})
     results = tmp_path / "results"
     assert main(["sweep", str(exp), "--results", str(results)]) == 0  # grid exhausted
-    study = _studies(results, "tiny")["tiny/sum/digits"]
+    study = _studies(results, "tiny")["tiny/sum/digits/metrics=v2"]
     assert _states(study) == {"COMPLETE": 1, "FAIL": 3}
     errors = {(t.params["model.heads"], t.params["optim.lr"]):
               RunDir(results / "tiny" / t.user_attrs["run_id"]).status().get("error")
@@ -231,14 +248,14 @@ def test_hopeless_learning_rate_is_pruned(tiny_experiment, tmp_path, capsys):
                                  "enqueue": [{"optim.lr": 0.01}, {"optim.lr": 1.0e-9}]})
     results = tmp_path / "results"
     assert main(["sweep", str(exp), "--results", str(results)]) == 0
-    study = _studies(results, "tiny")["tiny/conv/digits"]
+    study = _studies(results, "tiny")["tiny/conv/digits/metrics=v2"]
     states = {t.params["optim.lr"]: t.state.name for t in study.trials}
     assert states == {0.01: "COMPLETE", 1.0e-9: "PRUNED"}
     pruned = next(t for t in study.trials if t.state.name == "PRUNED")
     assert RunDir(results / "tiny" / pruned.user_attrs["run_id"]).status()["state"] == "pruned"
     capsys.readouterr()
     assert main(["report", str(exp), "--results", str(results), "--sweep"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if "conv/digits" in line)
+    row = next(line for line in capsys.readouterr().out.splitlines() if "conv/digits/metrics=v2" in line)
     assert [cell.strip() for cell in row.split("│")[2:5]] == ["2/2", "1", "1"], row
 
 
@@ -277,7 +294,7 @@ def test_killed_sweep_resumes_to_the_exact_budget(tiny_experiment, tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    study = _studies(results, "tiny")["tiny/conv/digits"]
+    study = _studies(results, "tiny")["tiny/conv/digits/metrics=v2"]
     assert _states(study) == {"COMPLETE": 1, "RUNNING": 1}  # what a kill leaves behind
     killed = next(t for t in study.trials if t.state.name == "RUNNING")
 
@@ -285,7 +302,7 @@ def test_killed_sweep_resumes_to_the_exact_budget(tiny_experiment, tmp_path):
                           timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "worker died" in done.stdout
-    study = _studies(results, "tiny")["tiny/conv/digits"]
+    study = _studies(results, "tiny")["tiny/conv/digits/metrics=v2"]
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
     assert _states(study) == {"COMPLETE": 3, "FAIL": 1}
@@ -302,7 +319,7 @@ def test_killed_sweep_resumes_to_the_exact_budget(tiny_experiment, tmp_path):
     again = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True,
                            timeout=200)
     assert again.returncode == 0
-    assert len(_studies(results, "tiny")["tiny/conv/digits"].trials) == 4
+    assert len(_studies(results, "tiny")["tiny/conv/digits/metrics=v2"].trials) == 4
 
 
 @pytest.mark.slow
@@ -351,7 +368,7 @@ def test_a_stop_of_sweep_workers_saves_both_trials_and_queues_them(tiny_experime
     for rd in run_dirs(results, "tiny").values():
         assert rd.status()["state"] == "interrupted", (rd.status(), out)
         assert rd.last_checkpoint.exists() and not (rd.path / "lock").exists()
-    study = _studies(results, "tiny")["tiny/conv/digits"]
+    study = _studies(results, "tiny")["tiny/conv/digits/metrics=v2"]
     stopped = [t for t in study.trials if t.user_attrs.get("interrupted")]
     queued = [t for t in study.trials if t.state.name == "WAITING"]
     assert len(stopped) == 2 and len(queued) == 2, _states(study)
@@ -366,7 +383,7 @@ def test_two_workers_share_one_budget(tiny_experiment, tmp_path):
     done = subprocess.run(_cli("sweep", str(exp), "--results", str(results), "--workers", "2"),
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=500)
     assert done.returncode == 0, done.stdout + done.stderr
-    study = _studies(results, "tiny")["tiny/conv/digits"]
+    study = _studies(results, "tiny")["tiny/conv/digits/metrics=v2"]
     finished = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(finished) == 5  # not 6: the budget holds across workers
     assert all(t.state.name in ("COMPLETE", "FAIL") for t in study.trials)

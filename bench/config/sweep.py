@@ -19,8 +19,9 @@ from bench.data import DATASETS
 from bench.tasks import TASKS
 from lesa.names import did_you_mean
 
-SWEEP_KEYS = ("params", "trials", "metric", "direction", "sampler", "pruner", "enqueue",
-              "storage")
+SWEEP_KEYS = ("params", "trials", "budget", "metric", "direction", "sampler", "pruner",
+              "enqueue", "storage")
+BUDGET_KEYS = ("trials", "hours")  # per study; with both, whichever is reached first
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
 PARAM_TYPES = ("float", "int", "categorical")
 DIRECTIONS = ("maximize", "minimize")
@@ -193,10 +194,8 @@ def validate_sweep(sweep, runs: list) -> dict:
     if not isinstance(params, dict) or not params:
         raise ConfigError("sweep.params: expected a mapping of dotted config keys to their range, "
                           "e.g. {optim.lr: {low: 0.01, high: 0.5, log: true}}")
-    trials = sweep.get("trials", DEFAULT_TRIALS)
-    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-        raise ConfigError(f"sweep.trials: expected a positive int (trials per study), got "
-                          f"{trials!r}")
+    budget = sweep_budget(sweep)
+    trials = budget.get("trials")
     axes = set()
     for run in runs:
         for axis, value in run.axes.items():
@@ -250,8 +249,9 @@ def validate_sweep(sweep, runs: list) -> dict:
         direction = direction or ("maximize" if mode == "max" else "minimize")
     sampler = _named_options(sweep.get("sampler", "tpe"), "sweep.sampler", SAMPLERS, "tpe")
     pruner = _named_options(sweep.get("pruner", "median"), "sweep.pruner", PRUNERS, "median")
-    normalised = {"params": space, "trials": trials, "metric": metric, "direction": direction,
-                  "sampler": sampler, "pruner": pruner, "storage": sweep.get("storage")}
+    normalised = {"params": space, "trials": trials, "budget": budget, "metric": metric,
+                  "direction": direction, "sampler": sampler, "pruner": pruner,
+                  "storage": sweep.get("storage")}
     if normalised["storage"] is not None and not isinstance(normalised["storage"], str):
         raise ConfigError(f"sweep.storage: expected a storage URL string, got "
                           f"{normalised['storage']!r}")
@@ -260,7 +260,8 @@ def validate_sweep(sweep, runs: list) -> dict:
             if not grid_values(spec):
                 raise ConfigError(f"sweep.params.{key}: the grid sampler needs choices, an int "
                                   f"range or a float range with `step`")
-        normalised["trials"] = min(trials, grid_size(normalised))
+        if trials is not None:
+            normalised["trials"] = budget["trials"] = min(trials, grid_size(normalised))
     enqueue = sweep.get("enqueue") or []
     if not isinstance(enqueue, list) or not all(isinstance(e, dict) and e for e in enqueue):
         raise ConfigError(f"sweep.enqueue: expected a list of mappings {{param: value}} to try "
@@ -278,6 +279,39 @@ def validate_sweep(sweep, runs: list) -> dict:
     normalised["enqueue"] = [dict(e) for e in enqueue]
     _probe(space, runs)
     return normalised
+
+
+def check_budget(budget, where: str = "sweep.budget") -> dict:
+    """A study's budget, {"trials": N} and/or {"hours": H} (training hours of its trials),
+    checked; ConfigError naming the key and the value otherwise."""
+    if not isinstance(budget, dict) or not budget:
+        raise ConfigError(f"{where}: expected a mapping with trials and/or hours, e.g. "
+                          f"{{trials: 20}} or {{hours: 2}}, got {budget!r}")
+    check_keys(where, budget, BUDGET_KEYS)
+    trials, hours = budget.get("trials"), budget.get("hours")
+    if "trials" in budget and (not isinstance(trials, int) or isinstance(trials, bool)
+                               or trials < 1):
+        raise ConfigError(f"{where}.trials: expected a positive int (trials per study), got "
+                          f"{trials!r}")
+    if "hours" in budget and (not _is_number(hours) or not math.isfinite(hours) or hours <= 0):
+        raise ConfigError(f"{where}.hours: expected a positive number (training hours per "
+                          f"study), got {hours!r}")
+    return {k: budget[k] for k in BUDGET_KEYS if k in budget}
+
+
+def sweep_budget(sweep: dict) -> dict:
+    """`trials: N` is short for `budget: {trials: N}`; one of them, or neither (20 trials)."""
+    if "trials" in sweep and "budget" in sweep:
+        raise ConfigError(f"sweep.trials and sweep.budget: give one of them (`trials: "
+                          f"{sweep['trials']!r}` is short for `budget: {{trials: "
+                          f"{sweep['trials']!r}}}`)")
+    if "budget" in sweep:
+        return check_budget(sweep["budget"])
+    trials = sweep.get("trials", DEFAULT_TRIALS)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise ConfigError(f"sweep.trials: expected a positive int (trials per study), got "
+                          f"{trials!r}")
+    return {"trials": trials}
 
 
 def _probe(space: dict, runs: list) -> None:

@@ -1,10 +1,13 @@
 """The studies of a sweep: one per cell of the matrix without its seed axis (a strategy, times a
-dataset when there are several), each starting from the cell's run on the matrix's first seed.
+dataset when there are several), each starting from the cell's run on the matrix's first seed;
+with `sweep --repeat K`, K independent studies per cell: repeat 0 keeps the cell's name, repeat
+r > 0 is `<cell>/repeat=<r>`, and its sampler's seed is the sweep's seed + r.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from bench.config import ConfigError, Experiment, Run, run_id
 from bench.config.sweep import with_params
@@ -20,10 +23,52 @@ class StudyCell:
     runs: list[Run]  # the cell's matrix runs (all seeds)
     metric: str
     direction: str
+    repeat: int = 0  # which of the cell's independent studies (sweep --repeat)
 
     @property
     def short(self) -> str:
         return self.name.split("/", 1)[1]
+
+    @property
+    def cell(self) -> str:
+        """The cell's name, the same for every repeat."""
+        return self.name.removesuffix(f"{REPEAT}{self.repeat}") if self.repeat else self.name
+
+    @property
+    def strategy(self) -> str:
+        return self.base.config["model"]["fusion"]
+
+    @property
+    def group(self) -> str:
+        """The cell without its strategy (dataset and other axes): strategies are compared
+        within a group."""
+        return "/".join(p for i, p in enumerate(self.cell.split("/")) if i not in (0, 1))
+
+
+REPEAT = "/repeat="
+
+
+def repeat_name(cell: str, repeat: int) -> str:
+    return f"{cell}{REPEAT}{repeat}" if repeat else cell
+
+
+def with_repeats(cells: list[StudyCell], repeats) -> list[StudyCell]:
+    """Each cell's studies for the repeat indices given, repeat by repeat (every strategy's
+    repeat 0 first: a sweep stopped half way leaves the strategies equally tuned)."""
+    return [replace(c, name=repeat_name(c.name, r), repeat=r) for r in sorted(set(repeats))
+            for c in cells]
+
+
+def stored_repeats(names, cells: list[StudyCell]) -> list[StudyCell]:
+    """The studies of `cells` among the stored study names: every cell's repeat 0 (stored or
+    not) and each repeat r > 0 that is stored."""
+    found = {0}
+    for cell in cells:
+        pattern = re.compile(re.escape(cell.name + REPEAT) + r"([1-9][0-9]*)")
+        found |= {int(m.group(1)) for n in names if (m := pattern.fullmatch(n))}
+    out = with_repeats(cells, found)
+    stored = set(names)
+    return [c for c in out if c.repeat == 0 or c.name in stored]
 
 
 def _first_seed(exp: Experiment) -> int:
@@ -47,6 +92,9 @@ def study_cells(exp: Experiment) -> list[StudyCell]:
                     continue  # a dataset bundle: the dataset already names it
                 value = exp.matrix[axis].index(value) if axis in exp.matrix else value
             extra.append(f"{axis}={value}")
+        version = TASKS[DATASETS[dataset].task].metrics_version
+        if version != 1:  # a study's values are its metric's: one of another definition is apart
+            extra.insert(0, f"metrics=v{version}")
         name = "/".join([exp.name, fusion, dataset, *extra])
         key = tuple((a, json.dumps(v, sort_keys=True)) for a, v in run.axes.items() if a != "seed")
         if name in cells:

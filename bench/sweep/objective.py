@@ -21,6 +21,7 @@ from bench.resume.stops import RunInterrupted
 from bench.run.runner import SKIPPED, execute
 from bench.store import RunDir, RunState, proc_stat
 from bench.sweep.cells import StudyCell
+from bench.sweep.trials import TRAIN_S, retry_attrs, run_seconds
 
 
 def this_worker() -> dict:
@@ -95,7 +96,7 @@ class Objective:
     """Trains one trial as a run of the cell and returns its best validation value."""
     cell: StudyCell
     space: dict
-    budget: int
+    budget: dict  # {"trials": N} and/or {"hours": H}
     root: Path
     console: Console
     prefix: str = ""
@@ -129,6 +130,10 @@ class Objective:
                                f"{dead.get('pid')}) stopped sending heartbeats")
             _release_lock_of(run_dir, dead)
         outcome = self._train(trial, run, run_dir, label)
+        if outcome in (RunState.PRUNED, RunState.DONE):  # what the trial cost (hours budgets)
+            seconds = run_seconds(self.root, run.id)
+            if seconds is not None:
+                trial.set_user_attr(TRAIN_S, seconds)
         if outcome == RunState.PRUNED:
             self.last = (trial.number, "pruned")
             epoch = run_dir.status().get("epoch")
@@ -152,9 +157,16 @@ class Objective:
         # before this one that are running or finished (not failed) decide whether it fits
         from optuna.trial import TrialState
 
-        ahead = trial.study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        return sum(t.number < trial.number for t in ahead) >= self.budget
+        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)) if t.number < trial.number]
+        if "trials" in self.budget and len(ahead) >= self.budget["trials"]:
+            return True
+        if "hours" in self.budget:  # the finished trials before it already spent the hours
+            spent = sum(run_seconds(self.root, t.user_attrs.get("run_id")) or 0.0
+                        if t.user_attrs.get(TRAIN_S) is None else t.user_attrs[TRAIN_S]
+                        for t in ahead if t.state != TrialState.RUNNING)
+            return spent >= self.budget["hours"] * 3600.0
+        return False
 
     @staticmethod
     def _suggest(trial, key: str, spec: dict):
@@ -182,7 +194,7 @@ class Objective:
             except RunInterrupted:
                 # re-queue, so the next sweep resumes this run from the checkpoint just saved
                 trial.set_user_attr("interrupted", True)
-                trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                trial.study.enqueue_trial(trial.params, user_attrs=retry_attrs(trial))
                 raise KeyboardInterrupt() from None
             if outcome == RunState.DONE:
                 try:
