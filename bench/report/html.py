@@ -21,7 +21,10 @@ from rich.text import Text
 
 from bench.config import Experiment
 from bench.report.analysis import Analysis
-from bench.report.plots import ablation_figure, costs_figure, shares_figure
+from bench.report.images_html import CSS as IMAGES_CSS
+from bench.report.images_html import fixes_html
+from bench.report.plots import (ablation_figure, costs_figure, curves_figure, headline_figure,
+                                shares_figure)
 from bench.report.records import RunRecord, environments
 from bench.report.tables import print_status, print_tables
 from bench.store import experiment_dir
@@ -146,7 +149,13 @@ def render_html(exp: Experiment, records: list[RunRecord], results: Path,
     figures = [figure_html(ablation_figure(analysis, exp.name),
                            "ablation: each strategy's mean (point) and 95% CI of the mean "
                            "(whisker) over seeds; filled: best")]
-    for make, caption in ((costs_figure, "metric against cost per strategy"),
+    for make, caption in ((curves_figure, "training curves: validation metric and training "
+                                          "loss per epoch, mean over seeds and pointwise 95% "
+                                          "band"),
+                          (headline_figure, "headline across datasets: IQM gain and "
+                                            "P(improvement) against the baseline, 95% CI over "
+                                            "seeds (thick) and datasets too (thin)"),
+                          (costs_figure, "metric against cost per strategy"),
                           (shares_figure, "unary shares against their nulls")):
         fig = make(analysis, exp.name)
         if fig is not None:
@@ -156,17 +165,22 @@ def render_html(exp: Experiment, records: list[RunRecord], results: Path,
         states[str(r.state)] = states.get(str(r.state), 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     title = f"lesa-bench report: {exp.name}"
+    fixed = fixes_html(analysis)  # classification: the test images fixed and broken
+    images = (f'<section id="images"><h2>Test images fixed and broken</h2>\n{fixed}\n'
+              f'</section>') if fixed else ""
+    images_link = '<a href="#images">images</a>' if fixed else ""
     where = experiment_dir(results, exp.name)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{POLICY}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title><style>{CSS}</style></head>
+<title>{html.escape(title)}</title><style>{CSS}{IMAGES_CSS}</style></head>
 <body>
 <header><h1>{html.escape(title)}</h1>
+{f'<p class="bold">{html.escape(analysis.description)}</p>' if analysis.description else ""}
 <p>{len(records)} runs ({html.escape(summary)}) in {html.escape(str(where))}; generated
-{time.strftime("%Y-%m-%d %H:%M:%S")}; baseline {html.escape(str(analysis.baseline))}</p>
-<nav><a href="#plots">plots</a><a href="#tables">tables</a><a href="#runs">runs</a>
+{time.strftime("%Y-%m-%d %H:%M:%S")}; baseline {html.escape(analysis.vs)}</p>
+<nav><a href="#plots">plots</a><a href="#tables">tables</a>{images_link}<a href="#runs">runs</a>
 <a href="#environment">environment</a></nav></header>
 <section id="plots"><h2>Plots</h2>
 {"".join(figures)}
@@ -174,6 +188,7 @@ def render_html(exp: Experiment, records: list[RunRecord], results: Path,
 <section id="tables"><h2>Tables</h2>
 {transcript_html(tables)}
 </section>
+{images}
 <section id="runs"><h2>Runs</h2>
 {transcript_html(runs)}
 </section>

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from bench.report.records import RunRecord, row_key, sort_rows, strategy_of
+from bench.report.records import RunRecord, cell_key, row_key, sort_rows, strategy_of
 from bench.stats.compare import CellStats, Comparison, compare, describe, holm, verdict
 from bench.store import RunState
 
@@ -141,12 +141,13 @@ def _scopes(metrics: list[dict]) -> list[str]:
 
 
 def _by_row(records: list[RunRecord]) -> dict[str, dict]:
-    """row -> {seed: metrics} of the finished runs that recorded shares."""
+    """row -> {seed (or (split, seed) with splits as blocks): metrics} of the finished runs
+    that recorded shares."""
     rows: dict[str, dict] = {}
     for r in records:
         if r.state != RunState.DONE or not r.metrics or not r.metrics.get("shares"):
             continue
-        rows.setdefault(row_key(r.run), {})[r.run.config["seed"]] = r.metrics
+        rows.setdefault(row_key(r.run), {})[cell_key(r.run)] = r.metrics
     return {name: rows[name] for name in sort_rows(rows)}
 
 
