@@ -13,8 +13,8 @@ import pytest
 from scipy import stats
 
 from bench.stats.compare import (BETTER, EQUIVALENT, NOT_RESOLVED, WORSE, compare, compare_all,
-                                holm, holm_union, seeds_needed, tost_power, tost_pvalue,
-                                tost_seeds_needed, verdict)
+                                holm, holm_union, tost_pvalue, verdict)
+from bench.stats.power import seeds_needed, tost_power, tost_seeds_needed
 from bench.stats.sequential import t_pvalue
 
 BASE = [71.0, 74.5, 69.8, 73.1, 72.4, 70.6, 73.9, 71.8]

@@ -18,8 +18,7 @@ import math
 from lesa.names import did_you_mean
 
 from bench.config.schema import ConfigError
-
-SPENDINGS = ("obrien_fleming", "pocock")  # bench.stats.sequential.SPENDINGS
+from bench.stats import SPENDINGS
 KEYS = ("margin", "looks", "spending", "alpha", "futility")
 DEFAULTS = {"margin": {}, "looks": None, "spending": "obrien_fleming", "alpha": 0.05,
             "futility": 0.1}
@@ -29,7 +28,7 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _margin(value, metrics: list[str]) -> dict[str, float]:
+def _margin(value, metrics: list[str], headline: list[str]) -> dict[str, float]:
     def check(path: str, number) -> float:
         if not (_number(number) and math.isfinite(number) and number > 0):
             raise ConfigError(f"{path}: {number!r}: a margin must be a positive finite number "
@@ -40,13 +39,13 @@ def _margin(value, metrics: list[str]) -> dict[str, float]:
     if value is None:
         return {}
     if _number(value):
-        if not metrics:
+        if not headline:
             raise ConfigError(f"analysis.margin: {value!r}: no metric to apply it to; give a "
                               f"mapping of metric -> margin")
-        return {metrics[0]: check("analysis.margin", value)}
+        return {name: check("analysis.margin", value) for name in headline}
     if not isinstance(value, dict):
         raise ConfigError(f"analysis.margin: {value!r}: expected a number (for the headline "
-                          f"metric {metrics[0] if metrics else '?'}) or a mapping of metric -> "
+                          f"metric {', '.join(headline) or '?'}) or a mapping of metric -> "
                           f"number, e.g. {{acc1: 1.0}}")
     out = {}
     for name, number in value.items():
@@ -69,11 +68,14 @@ def _looks(value) -> list[int] | None:
     return list(value)
 
 
-def validate_analysis(raw, metrics: list[str]) -> dict:
-    """The normalised ``analysis:`` section: margin {metric: number} (a single number is the
-    margin of ``metrics[0]``, the table's headline metric), looks (list or None: no
+def validate_analysis(raw, metrics: list[str], headline: list[str] | None = None,
+                      seeds: int | None = None) -> dict:
+    """The normalised ``analysis:`` section: margin {metric: number}, looks (list or None: no
     sequential plan), spending, alpha, futility. ``metrics``: the short names allowed
-    (e.g. ["acc1", "acc5"] or ["map_50", "map", ...])."""
+    (e.g. ["acc1", "acc5"] or ["map_50", "map", ...]); a single-number margin is the margin of
+    each ``headline`` metric (default: metrics[0]); ``seeds``: the seed pool's size (the
+    matrix's seed axis), which the last look must not exceed."""
+    headline = list(headline) if headline is not None else list(metrics[:1])
     if raw is None:
         return {**DEFAULTS, "margin": {}}
     if not isinstance(raw, dict):
@@ -83,8 +85,13 @@ def validate_analysis(raw, metrics: list[str]) -> dict:
         if key not in KEYS:
             raise ConfigError(f"analysis.{key}: not a key of analysis{did_you_mean(key, KEYS)}; "
                               f"allowed: {', '.join(KEYS)}")
-    out = {**DEFAULTS, "margin": _margin(raw.get("margin"), list(metrics)),
+    out = {**DEFAULTS, "margin": _margin(raw.get("margin"), list(metrics), headline),
            "looks": _looks(raw.get("looks"))}
+    if out["looks"] and seeds is not None and out["looks"][-1] > seeds:
+        raise ConfigError(f"analysis.looks: {out['looks']!r}: the last look needs "
+                          f"{out['looks'][-1]} seeds per cell, but the matrix's seed axis lists "
+                          f"{seeds}; list at least {out['looks'][-1]} seeds (the seed pool, e.g. "
+                          f"seed: [0, 1, ..., {out['looks'][-1] - 1}])")
     spending = raw.get("spending", DEFAULTS["spending"])
     if spending not in SPENDINGS:
         raise ConfigError(f"analysis.spending: {spending!r}: unknown spending function"

@@ -4,6 +4,7 @@ torch, no rich. What each computes, and what its interval covers: docs/statistic
     compare.py    cells over seeds; seed-paired comparisons with a baseline; Holm over the
                   difference and equivalence tests; verdicts better / worse / equivalent / not
                   resolved; seeds needed; "best" rows; bootstrap percentile intervals
+    power.py      seeds needed: the power of the paired t-test and of the TOST
     sequential.py planned looks: alpha spending, bounds for t statistics, the decision at each
                   look (vectorised: the report and the simulations run the same code), design
     blocks.py     splits as blocks: the two-level comparison (runs nested in data splits)
@@ -18,3 +19,7 @@ torch, no rich. What each computes, and what its interval covers: docs/statistic
     ap.py         detection AP on any multiset of test images (per-image matches), for the
                   paired bootstrap over test images
 """
+
+# the alpha-spending functions of a sequential plan (sequential.py; the config checks names
+# against this without importing scipy)
+SPENDINGS = ("obrien_fleming", "pocock")

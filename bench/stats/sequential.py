@@ -32,9 +32,9 @@ from functools import lru_cache
 import numpy as np
 from scipy import optimize, special, stats
 
+from bench.stats import SPENDINGS
 from bench.stats.compare import BETTER, EQUIVALENT, NOT_RESOLVED, WORSE, holm_union, tost_pvalue
 
-SPENDINGS = ("obrien_fleming", "pocock")
 VERDICTS = (NOT_RESOLVED, BETTER, WORSE, EQUIVALENT)  # the codes of Decisions.verdict
 REASONS = ("open", "efficacy", "equivalence", "futility", "last look")  # Decisions.reason
 OPEN, EFFICACY, EQUIVALENCE, FUTILITY, LAST_LOOK = range(5)
