@@ -1,6 +1,7 @@
 """The `lesa-bench` command line. Thin: it parses arguments and calls the modules that do the
 work (each subcommand names its module below). Heavy imports (torch, lightning) happen inside
-the subcommands that need them, so --help, `run --dry-run`, `status` and `report` stay fast.
+the subcommands that need them, so --help, `status` and `report` stay fast (`run --dry-run`
+imports torch alone, for the model check on the meta device: bench/train/preflight.py).
 
     run      bench/run/runner.py    train the matrix (skip done, resume unfinished); one run's
                                     fit and test in bench/train/trainer.py; stopping and
@@ -10,6 +11,7 @@ the subcommands that need them, so --help, `run --dry-run`, `status` and `report
     sweep    bench/sweep/study.py   Optuna studies, one per strategy; --workers: run/workers.py
     slurm    bench/cluster/slurm.py the pending runs as one SLURM job array; in a task:
                                     bench/cluster/requeue.py (save and requeue on the signal)
+    design   bench/report/design.py the planned analysis: bounds per look, simulated error rates
     models   bench/costs/models.py  parameters, FLOPs and output shape of every strategy
     profile  bench/profile/         speed and memory of the attention strategies and peers
     convert  bench/convert.py  dataset converters (VisDrone -> COCO)
@@ -17,6 +19,7 @@ the subcommands that need them, so --help, `run --dry-run`, `status` and `report
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -70,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", "-j", type=int, default=1,
                    help="train this many runs at once in worker processes (default 1; on a "
                    "CPU, N single-threaded workers beat one N-threaded process on small models)")
+    p.add_argument("--until-resolved", action="store_true",
+                   help="carry out the planned sequential design (analysis.looks): train a "
+                   "look's seeds, read the decisions, add seeds only where a comparison is open "
+                   "(docs/statistics.md)")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="with --until-resolved: the row every comparison is with (default: conv)")
+    p.add_argument("--run-ids", help=argparse.SUPPRESS)  # a look's runs, for --jobs workers
     _add_best_params(p)
 
     p = sub.add_parser("status", help="each run's state and progress")
@@ -88,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the whole report (tables, charts, runs, environment) as one "
                    "self-contained HTML page (docs/views.md)")
     p.add_argument("--baseline", metavar="NAME",
-                   help="the strategy every row is compared with (default: conv)")
+                   help="the strategy every row is compared with (default: conv); with "
+                   "--compare, the value of that axis (default: its first)")
+    p.add_argument("--compare", metavar="AXIS",
+                   help="compare the values of this matrix axis (e.g. model.release) instead "
+                   "of the strategies, paired by seed within equal values of the other axes")
     p.add_argument("--min-effect", type=float, metavar="X",
                    help="the difference (in the table's units, e.g. 1.0 = 1 point of "
                    "accuracy) the 'seeds needed' column is computed for (default: the observed "
@@ -97,7 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="tune each strategy with an Optuna study")
     _add_selection(p)
-    p.add_argument("--trials", type=int, help="total trials per study (default: sweep.trials)")
+    p.add_argument("--trials", type=int, help="total trials per study (default: sweep.trials "
+                   "or sweep.budget; with --hours, whichever comes first)")
+    p.add_argument("--hours", type=float, metavar="H",
+                   help="training hours per study (summed over its trials), instead of the "
+                   "file's budget")
+    p.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="K independent studies per strategy (sampler seeds seed..seed+K-1): "
+                   "the spread of the best value; re-run continues the same K (default 1)")
     p.add_argument("--storage", help="Optuna storage URL (default: a journal file under "
                    "results/<experiment>/)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
@@ -121,30 +142,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                    help="an extra sbatch option (repeatable), e.g. --sbatch=--account=abc")
     p.add_argument("--retry-failed", action="store_true", help="submit failed runs again too")
+    p.add_argument("--until-resolved", action="store_true",
+                   help="submit the next look of the planned sequential design (analysis.looks) "
+                   "only; run it again once the array has finished to move to the next look")
     p.add_argument("--run", metavar="RUN_ID", help=argparse.SUPPRESS)  # inside an array task
 
-    p = sub.add_parser("models", help="parameters, FLOPs and output shape of every strategy")
-    p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--size", type=int, default=224, help="input height and width")
-    p.add_argument("--classes", type=int, default=1000)
-    p.add_argument("--output-stride", type=int, default=32, choices=[16, 32])
-    p.add_argument("--format", choices=["md"], help="print a Markdown table")
-    p.add_argument("--width", type=float, default=1.0,
-                   help="width multiplier of the bottlenecks (model.width), default 1.0")
-    p.add_argument("--release", choices=["classification", "detection"],
-                   help="the released LESA's choices (model.release; docs/library.md)")
-    p.add_argument("--max-size", type=int, metavar="N",
-                   help="positional tables' reach, as model.max_size (14: the ImageNet release)")
+    p = sub.add_parser("design", help="the planned analysis: bounds per look and, by "
+                       "simulation, its error rates, power and expected seeds")
+    _add_selection(p)
+    p.add_argument("--sd", type=float, metavar="S",
+                   help="the std of the paired differences to plan with, in the table's units "
+                   "(default: pooled from the runs already stored)")
+    p.add_argument("--effect", type=float, metavar="X",
+                   help="the true difference to compute the power at (default: the margin)")
+    p.add_argument("--baseline", metavar="NAME", help="the row compared with (default: conv)")
+    p.add_argument("--format", choices=["json"], help="print the designs as JSON")
 
+    import bench.conformance
     import bench.convert
+    import bench.costs.models
     import bench.profile
 
     for name, module, text in (
+            ("models", bench.costs.models, "parameters, FLOPs and output shape of every strategy"),
             ("profile", bench.profile, "speed and memory of attention strategies"),
-            ("convert", bench.convert, "convert a dataset to COCO format")):
+            ("convert", bench.convert, "convert a dataset to COCO format"),
+            ("check-plugin", bench.conformance, "test a plugin against the built-ins' contract")):
         p = sub.add_parser(name, help=text)
         p.set_defaults(module=module)
-        module.add_arguments(p)  # both modules import torch only when they run
+        module.add_arguments(p)  # these modules import torch only when they run
+        if name in ("models", "profile"):
+            p.add_argument("--fusion", action="append", default=[], metavar="NAME",
+                           help="only this strategy (repeatable; a plugin's too)")
+            p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                           help="load this plugin first (repeatable): its strategies join")
     return parser
 
 
@@ -154,6 +185,17 @@ def cmd_run(args, console: Console) -> int:
     _check_numbers(args, jobs="a positive integer (worker processes)")
     exp = _load(args, console)
     runs = shard(exp.runs, args.shard)
+    if args.run_ids:  # a worker of an --until-resolved look: the runs its parent chose
+        wanted = set(args.run_ids.split(","))
+        runs = [r for r in runs if r.id in wanted]
+    _check_models(exp, runs, args)
+    if args.until_resolved and not args.dry_run:
+        from bench.looks import run_until_resolved
+        from bench.resume.stops import install_stop_signals
+
+        install_stop_signals()
+        return run_until_resolved(exp, args.results, console, args.jobs, args.argv,
+                                  args.baseline, args.retry_failed)
     if args.dry_run:
         from bench.report import print_status
 
@@ -166,6 +208,16 @@ def cmd_run(args, console: Console) -> int:
     if args.jobs > 1:
         return run_workers(args.argv, args.jobs, exp, runs, args.results, console)
     return run_experiment(exp, runs, args.results, console, retry_failed=args.retry_failed)
+
+
+def _check_models(exp, runs, args) -> None:
+    """What lesa would refuse once a run starts, refused now (bench/train/preflight.py); not in
+    a --jobs/--workers worker: its parent checked."""
+    from bench.run.workers import worker_slot
+    from bench.train.preflight import check_models
+
+    if not worker_slot():
+        check_models(runs, exp, args.set)
 
 
 def cmd_status(args, console: Console) -> int:
@@ -201,14 +253,26 @@ def cmd_report(args, console: Console) -> int:
         check_output(args.plot, "--plot", plot_formats(), example="ablation.png")
     if args.html:
         check_output(args.html, "--html", ["html", "htm"])
+    if args.sweep and args.best_params:
+        raise ConfigError("--sweep and --best-params: give one; the sweep report already "
+                          "compares the tuned runs with the default settings")
     exp = _load(args, console)
-    if args.sweep:
+    if args.sweep:  # bench/sweep/summary.py: studies, budget curves, tuned vs default
         from bench.sweep import print_sweep_report
 
-        return print_sweep_report(exp, args.results, console)
-    return report.main(exp, args.results, console, args.format, args.output, args.plot,
+        return print_sweep_report(exp, args.results, console, args.format, args.output,
+                                  args.plot, args.html, args.baseline)
+    code = report.main(exp, args.results, console, args.format, args.output, args.plot,
                        args.baseline, args.min_effect, rerun=_rerun_command(args),
-                       html_path=args.html)
+                       html_path=args.html, compare=args.compare)
+    if args.best_params:  # after the tuned matrix's tables: tuned vs default settings
+        from bench.config import load_experiment
+        from bench.sweep import print_tuned
+
+        print_tuned(load_experiment(args.experiment, args.set, args.only), args.results,
+                    Console(stderr=True) if args.format and not args.output else console,
+                    args.baseline)
+    return code
 
 
 def _rerun_command(args) -> str:
@@ -227,20 +291,9 @@ def _rerun_command(args) -> str:
 
 
 def _check_numbers(args, **wanted: str) -> None:
-    """ConfigError naming the flag when a numeric option is out of range (argparse checks the
-    type only); wanted: option name -> what it must be ("a positive integer"/"number ...")."""
-    import math
+    from bench.config import check_flags
 
-    from bench.config import ConfigError
-
-    for name, allowed in wanted.items():
-        value = getattr(args, name, None)
-        if value is None:
-            continue
-        bad = value <= 0 or (isinstance(value, float) and not math.isfinite(value))
-        if bad:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} {value}: must be {allowed}")
+    check_flags(args, **wanted)
 
 
 def cmd_sweep(args, console: Console) -> int:
@@ -249,11 +302,15 @@ def cmd_sweep(args, console: Console) -> int:
     from bench.sweep import run_sweep
 
     _check_numbers(args, trials="a positive integer (trials per study)",
+                   hours="a positive number (training hours per study)",
+                   repeat="a positive integer (independent studies per strategy)",
                    workers="a positive integer (worker processes)")
     exp = load_experiment(args.experiment, args.set, args.only)
+    _check_models(exp, exp.runs, args)
     install_stop_signals()
     return run_sweep(exp, args.results, console, trials=args.trials, storage=args.storage,
-                     workers=args.workers, argv=args.argv, heartbeat=args.heartbeat)
+                     workers=args.workers, argv=args.argv, heartbeat=args.heartbeat,
+                     hours=args.hours, repeat=args.repeat)
 
 
 def cmd_slurm(args, console: Console) -> int:
@@ -270,36 +327,35 @@ def cmd_slurm(args, console: Console) -> int:
 
         install_stop_signals()
         return run_task(exp, args.run, args.results, console)
+    notes = Console(stderr=True) if args.dry_run else console  # a dry run's stdout: the script
+
+    def warn(text: str) -> None:
+        notes.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
     res = slurm.resources_for(exp.runs, args.partition, args.time, args.gpus, args.cpus,
-                              args.mem, args.signal_seconds, args.max_parallel, args.sbatch)
+                              args.mem, args.signal_seconds, args.max_parallel, args.sbatch,
+                              warn=warn)
+    _check_models(exp, exp.runs, args)
+    if args.until_resolved:
+        from bench.looks import submit_look
+
+        return submit_look(exp, args.results, console, lambda runs: slurm.submit(
+            exp, runs, res, args.results, slurm.selection_args(args), console, args.dry_run,
+            args.retry_failed))
     return slurm.submit(exp, exp.runs, res, args.results, slurm.selection_args(args), console,
                         args.dry_run, args.retry_failed)
 
 
-def cmd_models(args, console: Console) -> int:
-    from bench.costs.models import print_models
+def cmd_design(args, console: Console) -> int:
+    from bench.report.design import main as design
 
-    from bench.config import ConfigError, backbone_names
-    from lesa.names import did_you_mean
+    _check_numbers(args, sd="a positive number (the std of the paired differences)")
+    if args.effect is not None and not (args.effect != 0 and abs(args.effect) < float("inf")):
+        from bench.config import ConfigError
 
-    _check_numbers(args, size="a positive integer (the input's height and width in pixels)",
-                   classes="a positive integer (the classifier's outputs)",
-                   width="a positive number (the width multiplier)",
-                   max_size="a positive integer (the tables' reach in positions per side)")
-    if args.backbone not in backbone_names():
-        raise ConfigError(f"--backbone {args.backbone}: not a backbone"
-                          f"{did_you_mean(args.backbone, backbone_names())}; choose from "
-                          f"{', '.join(backbone_names())}")
-    options = {"width": args.width} if args.width != 1.0 else {}
-    if args.release:
-        options["release"] = args.release
-    if args.max_size:
-        options["max_map_size"] = args.max_size
-    try:
-        return print_models(args.backbone, args.size, args.classes, args.output_stride,
-                            console, args.format, **options)
-    except ValueError as error:  # lesa's refusal of a size/option combination, as typed
-        raise ConfigError(f"models: {error}") from None
+        raise ConfigError(f"--effect {args.effect}: must be a finite non-zero difference")
+    exp = _load(args, console)
+    return design(exp, args.results, console, args.sd, args.effect, args.format, args.baseline)
 
 
 def _data_warnings(console: Console, show):
@@ -325,22 +381,39 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    # in a log file (no terminal) rich would wrap tables at 80 columns; logs can be wide
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    from bench.run.pipes import guard_output
+    from bench.run.workers import follow_parent
+
+    # a reader of the output that goes away (`| head`) stops a training command as Ctrl-C
+    # would, and is no error elsewhere (bench/run/pipes.py); a worker stops with its parent
+    restore_output = guard_output(stop=_trains(args))
+    follow_parent()
+    # the width: COLUMNS where set (rich reads it), else the terminal's; in a log file (no
+    # terminal) rich would take 80 columns, and logs can be wide
+    columns = os.environ.get("COLUMNS", "").strip()
+    console = Console() if sys.stdout.isatty() or columns.isdigit() else Console(width=160)
     from bench.config import ConfigError
     from bench.data import DataError, DataWarning
     from bench.store import StoreWriteError  # a results file that cannot be written (disk full)
 
+    from bench.plugins import PluginError, activate, unload_all
+
     handlers = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "sweep": cmd_sweep,
-                "slurm": cmd_slurm, "models": cmd_models}
+                "slurm": cmd_slurm, "design": cmd_design}
     try:
         with warnings.catch_warnings():  # restores the hook when main returns
             warnings.showwarning = _data_warnings(console, warnings.showwarning)
             warnings.filterwarnings("always", category=DataWarning)  # even under -W ignore
+            if getattr(args, "plugin", None) is not None:  # models, profile: and installed ones
+                activate(args.plugin, Path.cwd(), "--plugin")
+            if getattr(args, "fusion", None):  # models, profile: names the registry has
+                _check_fusions(args.fusion)
             if args.command in handlers:
                 return handlers[args.command](args, console)
+            args.console = console
             return args.module.run(args)
-    except (ConfigError, DataError, FileNotFoundError, PermissionError, StoreWriteError) as err:
+    except (ConfigError, DataError, FileNotFoundError, PermissionError, StoreWriteError,
+            PluginError) as err:
         if args.debug:
             raise
         # the message quotes user input ([x, y, w, h], --set k=[a, b]): printed as typed
@@ -349,6 +422,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")
         return 130
+    finally:
+        restore_output()
+        unload_all()  # the registries as they were: a caller in this process sees no plugin
+
+
+def _check_fusions(names: list[str]) -> None:
+    from bench.config import ConfigError, fusion_names
+    from lesa.names import unknown
+
+    for name in names:
+        if name not in fusion_names():
+            raise ConfigError(f"--fusion: {unknown('strategy', name, fusion_names())}")
+
+
+def _trains(args) -> bool:
+    """Whether the command trains (a closed output stops it instead of being ignored)."""
+    return (args.command == "run" and not args.dry_run) or args.command == "sweep" or (
+        args.command == "slurm" and bool(args.run))
 
 
 if __name__ == "__main__":

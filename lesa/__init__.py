@@ -22,7 +22,8 @@ _EXPORTS = {"ARCHS": "backbone", "ResNet": "backbone", "build_backbone": "backbo
             "shares": "block", "capture_share_maps": "block", "share_maps": "block",
             "attention_geometry": "block", "record_gates": "block", "gate_records": "block",
             "reference_paths": "block", "attention_modules": "block",
-            "FUSIONS": "fusion", "Fusion": "fusion", "register": "fusion",
+            "FUSIONS": "fusion", "Fusion": "fusion", "AttentionFusion": "fusion",
+            "register": "fusion", "Arch": "backbone", "register_backbone": "backbone",
             "UnaryTerm": "unary", "fused_cpu": "kernels.fused_cpu",
             "RasterPosition": "raster", "LogitNorm": "logit_norm",
             "DeformableConv3x3": "deformable", "RELEASE": "backbone"}

@@ -27,6 +27,22 @@ and two controls for `dynamic` (is learning omega what helps?):
                                                         unary share = mean 1 / (1 + omega)
 
 In `sum`, `static` and the dynamic ones, B keeps the diagonal, as in the released LESA code.
+
+A strategy of one's own (a plugin, docs/plugins.md) is the same: a subclass of `Fusion` (or of
+`AttentionFusion`, to get the binary term as `self.binary` and the unary one as `self.unary`)
+registered with `@register("name")`. Its contract, which `lesa-bench check-plugin` tests:
+
+    fuse(x) -> (y, share)   y of x's shape and dtype (Fusion.forward pools it by the stride);
+                            share: the unary share as a fraction in [0, 1], a (B, k, H, W)
+                            tensor of them, or None (no share to report)
+    options                 {option: default}: the keywords it takes beyond the shared ones,
+                            set in a config as model.<name>.<option>
+    check_options(options)  raise ValueError for option values it cannot take
+    reset_parameters()      where it holds parameters of its own (not in a submodule):
+                            initialise them (seeded initialisation calls it)
+
+A name is registered once: a second class under a taken name (a built-in's above all) is
+refused, and so is a name that is not a plain identifier (names become run folder names).
 """
 from __future__ import annotations
 
@@ -39,20 +55,33 @@ from torch import nn
 from .binary import BinaryTerm
 from .deformable import DeformableConv3x3
 from .layout import Pointwise, is_channels_last, to_layout
-from .names import unknown
+from .names import Registry, unknown
 from .unary import UnaryTerm
 from .window import WindowedBinaryTerm
 
-FUSIONS: dict[str, type["Fusion"]] = {}
-
-
 def register(name: str):
+    """Class decorator: FUSIONS[name] = the class (a Fusion subclass), by lesa.names.Registry's
+    rules: the same class again is a no-op, another under a taken name a ValueError."""
+    FUSIONS.check_name(name)
+
     def add(cls):
-        FUSIONS[name] = cls
+        FUSIONS.add(name, cls, _check_options)
         cls.name = name
         return cls
 
     return add
+
+
+def _check_options(name: str, cls) -> None:
+    options = getattr(cls, "options", None)
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise TypeError(f"{cls.__qualname__}.options must be a dict of option name -> "
+                        f"default, not {options!r}")
+
+
+def unregister(name: str) -> None:
+    """Remove a strategy that is not a built-in (a plugin's, when it is unloaded)."""
+    FUSIONS.remove(name)
 
 
 def check_fusion(name: str) -> None:
@@ -81,6 +110,14 @@ class Fusion(nn.Module):
     """
 
     name = "?"
+    # the options a strategy takes beyond the shared keywords, with their defaults (configs:
+    # model.<name>.<option>); the constructor takes each as a keyword
+    options: dict = {}
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Raise ValueError (naming the option) for values the strategy cannot take; run on
+        every run's config at load time, before anything is built."""
 
     def __init__(self, channels: int, *, stride: int = 1):
         super().__init__()
@@ -138,6 +175,10 @@ class Fusion(nn.Module):
             self._record(share, x)
         y = self.pool(y)
         return to_layout(y, torch.contiguous_format) if inside else y
+
+
+# name -> strategy class: the strategies below register here; sealed as the built-ins at the end
+FUSIONS = Registry("strategy", Fusion, home="lesa/fusion.py", classes=True)
 
 
 @register("conv")
@@ -304,3 +345,6 @@ class FrozenGateFusion(DynamicFusion):
     @staticmethod
     def last_norm(channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels, affine=False)
+
+
+FUSIONS.seal()

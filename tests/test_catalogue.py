@@ -218,6 +218,11 @@ class Case:
     # "training" | "validation" | "test" [":TERM"]: SIGINT (SIGTERM) there, in a subprocess
     signal_at: str | None = None
     absent: tuple[str, ...] = ()  # fragments the output must not hold (a raw Python warning)
+    # (ws, argv) -> (exit code, output): the command run in a subprocess whose output is piped,
+    # closed or whose parent is killed (issue 33 item 4), instead of in this process
+    process: Callable | None = None
+    # (ws, named, output) -> None: what the case must leave behind, asserted after it
+    after: Callable | None = None
 
 
 def _exp_case(content: dict | str, named: str):
@@ -428,7 +433,364 @@ def _coco_clipped(ws):
     return ws.run_argv(coco_exp(ws, root)), str(root / "annotations" / "train.json")
 
 
+# --- issue 33: one image, one label, one split; a run whose validation diverged --------------
+
+
+def _tree_with(edit, named, classes=("cat", "dog")):
+    """An ImageFolder tree edited by edit(root) -> the path the message must name."""
+    def build(ws):
+        root = image_tree(ws.root / "data", classes=classes)
+        return imagefolder_exp(ws, root), named(edit(root))
+    return _data_case(build)
+
+
+def _relink(at: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.rmtree(at)
+    return _link(at, to)
+
+
+# --- issue 33 (items 8-11, 18): models, numbers, SLURM options and memory, before any run ------
+
+
+def _model_case(named: str, dry: bool = False, **model):
+    """TINY on one attention strategy with these model keys: refused before anything trains."""
+    def setup(ws):
+        exp = ws.experiment(model=model, matrix={"model.fusion": ["dynamic"], "seed": [1]},
+                            trainer=QUICK_TRAINER)
+        return ws.run_argv(exp, *(["--dry-run"] if dry else [])), named
+    return setup
+
+
+def _slurm_case(*extra: str, named):
+    """`slurm --dry-run` of the tiny experiment with these options; named: text or ws -> text."""
+    def setup(ws):
+        argv = ["slurm", str(ws.experiment()), "--results", str(ws.results), "--dry-run"]
+        return argv + [e(ws) if callable(e) else e for e in extra], \
+            named(ws) if callable(named) else named
+    return setup
+
+
+def _spaced_results(ws):
+    """A results folder beside the workspace's, with a space, a # and a % in its name."""
+    return str(ws.root / "my results #1 100%")
+
+
+def _scenes_exp(ws, **data):
+    return ws.experiment(data={"name": "digit_scenes", "train_images": 4, "val_images": 2,
+                               "test_images": 2, **data}, replace=("data",),
+                         trainer=QUICK_TRAINER)
+
+
+# --- issue 33 (items 12-16): what a report compares ------------------------------------------
+
+
+def _compare_case(*extra: str, named: str, **axes):
+    """`report` of the tiny experiment whose matrix has these axes besides the seed."""
+    def setup(ws):
+        exp = ws.experiment(matrix={"model.fusion": ["conv", "dynamic"], **axes, "seed": [1]})
+        return ["report", str(exp), "--results", str(ws.results), *extra], named
+    return setup
+
+
+# --- issue 33 (items 4-7, 16): output readers gone, report outputs, trackers, stops ---------
+
+
+def _the_run(ws, exp) -> str:
+    from bench.config import load_experiment
+
+    (run,) = load_experiment(exp).runs
+    return run.id
+
+
+def _long_run(ws, **trainer):
+    """The tiny experiment's run, long enough to be stopped while it trains -> (argv, its id)."""
+    exp = ws.experiment(trainer={"max_epochs": 4, "limit_train_batches": 4,
+                                 "limit_val_batches": 1, "limit_test_batches": 1, **trainer})
+    return ws.run_argv(exp), _the_run(ws, exp)
+
+
+def _popen(argv, own_group=False, stderr=subprocess.PIPE, env=None):
+    def start():  # as a terminal's foreground job: Ctrl-C reaches the whole group
+        if own_group:
+            os.setpgid(0, 0)
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", *argv], cwd=ROOT,
+                            env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=stderr, preexec_fn=start)
+
+
+def _until(predicate, proc=None, timeout=300.0) -> None:
+    """Wait for predicate(), while `proc` runs."""
+    import time
+
+    end = time.time() + timeout
+    while not predicate():
+        if (proc is not None and proc.poll() is not None) or time.time() > end:
+            raise AssertionError(f"gave up waiting (exit {proc and proc.poll()})")
+        time.sleep(0.05)
+
+
+def _training(ws, run_id):
+    """The run trains past its first epoch, with a checkpoint."""
+    from bench.store import RunDir
+
+    rd = RunDir(ws.results / "tiny" / run_id)
+    return lambda: rd.last_checkpoint.exists() and rd.status().get("epoch", 0) >= 1
+
+
+def _head_2(ws, argv):
+    """`lesa-bench run EXP | head -2`: two lines read, then the pipe closed."""
+    proc = _popen(argv)
+    for _ in range(2):
+        proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    return proc.wait(timeout=300), err
+
+
+def _ctrl_c_tee_gone(ws, argv):
+    """`lesa-bench run EXP | tee log`, Ctrl-C: the key press ends tee too (stderr: a terminal)."""
+    import signal
+
+    proc = _popen(argv, own_group=True)
+    _until(_training(ws, argv_run_id(argv, ws)), proc)
+    proc.stdout.close()
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.stderr.read().decode()
+    return proc.wait(timeout=300), err
+
+
+def argv_run_id(argv, ws) -> str:
+    return _the_run(ws, Path(argv[1]))
+
+
+def _rerun(ws, argv):
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _jobs_parent_killed(ws, argv):
+    """kill -9 of `run --jobs 2`'s parent while its worker trains; then the same command."""
+    import signal
+
+    from bench.store import RunDir
+
+    run_id = argv_run_id(argv, ws)
+    proc = _popen([*argv, "--jobs", "2"], own_group=True, stderr=subprocess.STDOUT)
+    _until(_training(ws, run_id), proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rd = RunDir(ws.results / "tiny" / run_id)
+    _until(lambda: rd.status().get("state") != "running" and not (rd.path / "lock").exists(),
+           timeout=120)
+    assert rd.status()["state"] == "interrupted", rd.status()  # not running, not failed
+    return _rerun(ws, argv)
+
+
+def _killpoint_run(spec):
+    """The run stopped from inside at `spec` (tests/killpoints.py) -> (exit code, output)."""
+    import killpoints
+
+    def process(ws, argv):
+        import signal
+
+        proc = subprocess.run([sys.executable, "-m", "bench.cli", *argv], cwd=ROOT,
+                              env=killpoints.env(spec), capture_output=True, text=True,
+                              timeout=600, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                            signal.SIG_DFL))
+        return proc.returncode, proc.stdout + proc.stderr
+    return process
+
+
+def _then_rerun(first):
+    """`first`, then the same command again -> the second's (exit code, output)."""
+    def process(ws, argv):
+        first(ws, argv)
+        return _rerun(ws, argv)
+    return process
+
+
+def _left(state, resumes=True):
+    """After the case: the run is in `state`, unlocked; with `resumes`, a plain re-run resumes
+    it to the end (before, a run failed by a closed pipe was refused)."""
+    def after(ws, named, out):
+        from bench.store import RunDir
+
+        rd = RunDir(ws.results / "tiny" / named)
+        assert rd.status()["state"] == state, rd.status()
+        assert not (rd.path / "lock").exists()
+        if resumes:
+            code, again = _rerun(ws, ws.run_argv(ws.root / "tiny.yaml"))
+            assert code == 0 and f"resuming {named}" in again, again
+            assert rd.status()["state"] == "done"
+    return after
+
+
+def _trackers_exact(ws, named, out):
+    from test_loggers import assert_trackers_match_the_csv_log
+
+    from bench.store import RunDir
+
+    assert_trackers_match_the_csv_log(RunDir(ws.results / "tiny" / named))
+
+
+def _output_link(ws):
+    target, link = ws.root / "kept" / "report.md", ws.root / "latest.md"
+    if not link.is_symlink():
+        target.parent.mkdir()
+        target.write_text("old report\n")
+        link.symlink_to(target)
+    return str(link)
+
+
+def _link_written_through(ws, named, out):
+    link = Path(named)
+    assert link.is_symlink() and (ws.root / "kept" / "report.md").read_text() != "old report\n"
+
+
+def _output_fifo(ws):
+    import threading
+
+    fifo = ws.root / "report.csv"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+        ws.fifo_read = []
+        threading.Thread(target=lambda: ws.fifo_read.append(fifo.read_text()),
+                         daemon=True).start()
+    return str(fifo)
+
+
+def _fifo_written_into(ws, named, out):
+    import stat
+    import time
+
+    end = time.time() + 30
+    while not ws.fifo_read and time.time() < end:
+        time.sleep(0.05)
+    assert stat.S_ISFIFO(os.stat(named).st_mode), "the FIFO was replaced"
+    assert ws.fifo_read and ws.fifo_read[0].startswith("strategy,dataset"), ws.fifo_read
+
+
+def _still_a_device(ws, named, out):
+    import stat
+
+    assert stat.S_ISCHR(os.stat(named).st_mode)
+
+
+def _missing_folder(ws):
+    return str(ws.root / "no" / "such" / "report.html")
+
+
+def _no_folder_made(ws, named, out):
+    assert not (ws.root / "no").exists()
+
+
+def _link_loop(ws):
+    loop = ws.root / "loop.md"
+    if not loop.is_symlink():
+        loop.symlink_to(loop)
+    return str(loop)
+
+
+def _mlflow_exp(ws, uri, *extra):
+    exp = ws.experiment(trainer={**QUICK_TRAINER, "loggers": ["csv", "mlflow"],
+                                 "mlflow_uri": uri})
+    return ws.run_argv(exp, *extra), uri
+
+
+def _no_run_folder(ws, named, out):
+    from bench.config import load_experiment
+
+    (run,) = load_experiment(ws.root / "tiny.yaml").runs
+    assert not (ws.results / "tiny" / run.id).exists()
+
+
+def _trackers_case(ws):
+    exp = ws.experiment(trainer={"loggers": ["csv", "tensorboard", "mlflow"], "max_epochs": 2,
+                                 "limit_train_batches": 6, "limit_val_batches": 1,
+                                 "limit_test_batches": 1, "checkpoint_every_n_steps": 3,
+                                 "log_every_n_steps": 1})
+    return ws.run_argv(exp), _the_run(ws, exp)
+
+
+def _twice_case(ws):
+    exp = ws.experiment(trainer={"max_epochs": 2, "limit_train_batches": 3,
+                                 "limit_val_batches": 2, "limit_test_batches": 1,
+                                 "checkpoint_every_n_steps": 2})
+    return ws.run_argv(exp), _the_run(ws, exp)
+
+
+def _jobs_failed(ws):
+    exp = ws.experiment(data={"image_size": 10_000_000, "batch_size": 2}, trainer=QUICK_TRAINER)
+    return ws.run_argv(exp), _the_run(ws, exp)
+
+
+def _jobs_run(ws, argv):
+    return _rerun(ws, [*argv, "--jobs", "2"])
+
+
+def _summary_once(ws, named, out):
+    assert out.count(f"failed {named}:") == 1, out  # the parent's list
+    assert out.count("all workers finished") == 1, out
+    assert "to run ->" not in out and "left to other processes" not in out, out  # workers'
+
+
 _TRAIN_HINT = "run the same command to resume it"
+
+# --- issue 36: plugins (bench/plugins.py, docs/plugins.md) ------------------------------------
+
+SCALAR_GATE = ROOT / "examples" / "plugins" / "scalar_gate.py"
+PLUGIN_HEAD = ("import torch\nfrom torch import nn\n\n"
+               "from lesa.fusion import AttentionFusion, register\n")
+BROKEN_GATE = PLUGIN_HEAD + """
+
+@register("broken_gate")
+class BrokenGate(AttentionFusion):
+    def __init__(self, channels, *, heads=8, stride=1, max_map_size=64):
+        super().__init__(channels, heads=heads, stride=stride, max_map_size=max_map_size)
+        self.alpha = nn.Parameter(torch.zeros(()))  # no reset_parameters()
+        self.unused = nn.Linear(channels, channels)  # never in forward
+
+    def fuse(self, x):
+        y = self.unary(x) + self.alpha.exp() * self.binary(x) + 0.01 * torch.rand_like(x)
+        return y.float(), 1.5
+"""
+FLAKY = PLUGIN_HEAD + """
+
+@register("flaky")
+class Flaky(AttentionFusion):
+    def fuse(self, x):
+        if torch.is_grad_enabled():  # the model check before training runs without gradients
+            raise RuntimeError("flaky: the context term is not ready for training")
+        return self.unary(x) + self.binary(x), 0.5
+"""
+
+
+def _plugin_case(files: dict, listed: list, named, fusions=("conv",), model=None,
+                 dry: bool = True):
+    """The tiny experiment (seed 1) listing `plugins: listed`, with `files` written beside it
+    (a None text: a copy of examples/plugins/scalar_gate.py)."""
+    def setup(ws):
+        for name, text in files.items():
+            (ws.root / name).write_text(SCALAR_GATE.read_text() if text is None else text)
+        sections = {"model": model} if model else {}
+        exp = ws.experiment(plugins=listed, matrix={"model.fusion": list(fusions), "seed": [1]},
+                            trainer=QUICK_TRAINER, **sections)
+        return ws.run_argv(exp, *(["--dry-run"] if dry else [])), named
+    return setup
+
+
+def _check_plugin_case(files: dict, source: str, named: str):
+    def setup(ws):
+        for name, text in files.items():
+            (ws.root / name).write_text(text)
+        return ["check-plugin", str(ws.root / source) if files else source], named
+    return setup
+
 
 CATALOGUE: list[Case] = [
     # --- experiment files ---------------------------------------------------------------------
@@ -595,6 +957,26 @@ CATALOGUE: list[Case] = [
          "(seeds are unsigned 32-bit numbers), got 4294967296"),
     Case("exp-split-seed-too-large", "experiment file", "data.split_seed beyond 2^32",
          _dry_case("data.split_seed", data={"split_seed": 2**40}), "<= 4294967295"),
+    Case("exp-seeds-init-negative", "experiment file", "trainer.seeds.init: [0, -1] as an axis",
+         _dry_case("trainer.seeds.init",
+                   matrix={"model.fusion": ["conv"], "trainer.seeds.init": [0, -1]}),
+         "must be an integer >= 0 and <= 4294967295"),
+    Case("exp-seeds-order-float", "experiment file", "trainer.seeds.order: 1.5",
+         _dry_case("trainer.seeds.order", trainer={"seeds": {"order": 1.5}}),
+         "expected null or an integer, got 1.5"),
+    Case("exp-seed-axis-with-finer-seeds", "experiment file",
+         "a seed axis over runs that set both trainer.seeds.init and .order",
+         _dry_case("matrix.seed", matrix={"model.fusion": ["conv"], "seed": [0, 1],
+                                          "trainer.seeds.init": [0, 1],
+                                          "trainer.seeds.order": [0]}),
+         "so the run seed changes nothing a run computes; keep seed at one value"),
+    Case("exp-looks-with-finer-seeds", "experiment file",
+         "analysis.looks with trainer.seeds.init as an axis",
+         _dry_case("analysis.looks", analysis={"looks": [2, 3]},
+                   matrix={"model.fusion": ["conv"], "seed": [0, 1, 2],
+                           "trainer.seeds.init": [0, 1]}),
+         "a planned sequential design reads the seeds of the seed axis in its order, but "
+         "trainer.seeds.init draws them apart here"),
     Case("exp-weight-decay-negative", "experiment file", "optim.weight_decay: -1.0",
          _dry_case("optim.weight_decay", optim={"weight_decay": -1.0}),
          "must be a number >= 0, got -1.0"),
@@ -672,6 +1054,23 @@ CATALOGUE: list[Case] = [
     Case("cli-sweep-trials-zero", "command line", "sweep --trials 0",
          _argv_case("--trials", "0", named="--trials 0", command="sweep"),
          "must be a positive integer"),
+    # --- sweep budgets, repeats and the sweep report (docs/sweeps.md) ---------------------------
+    Case("exp-sweep-trials-and-budget", "experiment file", "sweep.trials and sweep.budget both",
+         _exp_case({"sweep": {"params": {"optim.lr": [0.1, 0.2]}, "trials": 4,
+                              "budget": {"hours": 1}}}, "sweep.trials and sweep.budget"),
+         "give one of them (`trials: 4` is short for `budget: {trials: 4}`)"),
+    Case("exp-sweep-budget-hours", "experiment file", "sweep.budget.hours: 0",
+         _exp_case({"sweep": {"params": {"optim.lr": [0.1, 0.2]}, "budget": {"hours": 0}}},
+                   "sweep.budget.hours"), "expected a positive number (training hours per study)"),
+    Case("cli-sweep-hours-zero", "command line", "sweep --hours 0",
+         _argv_case("--hours", "0", named="--hours 0", command="sweep"),
+         "must be a positive number (training hours per study)"),
+    Case("cli-sweep-repeat-zero", "command line", "sweep --repeat 0",
+         _argv_case("--repeat", "0", named="--repeat 0", command="sweep"),
+         "must be a positive integer (independent studies per strategy)"),
+    Case("report-sweep-best-params", "report", "report --sweep --best-params",
+         _report_case("--sweep", "--best-params", named=lambda ws: "--sweep and --best-params"),
+         "give one; the sweep report already compares the tuned runs"),
     Case("cli-models-size-zero", "command line", "models --size 0",
          _models_case("--size", "0", named="--size 0"), "must be a positive integer"),
     Case("cli-models-unknown-backbone", "command line", "models --backbone resnet5O",
@@ -699,6 +1098,25 @@ CATALOGUE: list[Case] = [
          _report_case("--set", "trainer.max_epochs=3", "--format", "json",
                       named=lambda ws: str(ws.results)),
          "--set trainer.max_epochs=3` first", code=0),
+    Case("report-compare-unknown-axis", "report", "report --compare on an axis the matrix lacks",
+         _compare_case("--compare", "model.relase", named="model.relase",
+                       **{"model.release": [False, True]}),
+         "not an axis of this matrix (did you mean 'model.release'?); compare one of: "
+         "model.fusion, model.release"),
+    Case("report-compare-seed", "report", "report --compare seed (the seeds pair the rows)",
+         _compare_case("--compare", "seed", named="--compare seed"),
+         "the seeds pair every comparison, so its values are not rows"),
+    Case("report-compare-baseline-not-a-value", "report",
+         "report --compare AXIS --baseline that is not one of its values",
+         _compare_case("--compare", "model.release", "--baseline", "ture", named="ture",
+                       **{"model.release": [False, True]}),
+         "not a value of model.release (did you mean 'True'?); choose from False, True"),
+    Case("report-baseline-leaves-no-comparison", "report",
+         "report --baseline dynamic --only model.fusion=dynamic: nothing left to compare",
+         _compare_case("--baseline", "dynamic", "--only", "model.fusion=dynamic",
+                       named="dynamic"),
+         "nothing to compare with dynamic: no row differs from it in its strategy alone",
+         code=0),
     Case("convert-output-unwritable", "outputs", "convert into a folder that cannot be created",
          lambda ws: (["convert", "digit-scenes", _under_a_file("coco")(ws)],
                      _under_a_file("coco")(ws)), "choose another output folder"),
@@ -746,6 +1164,189 @@ CATALOGUE: list[Case] = [
     # --- failures while training ------------------------------------------------------------------
     Case("run-out-of-memory", "run", "an image size no memory holds (data.image_size: 1e7)",
          _oom, "out of memory", code=1),
+    # --- issue 33: one image, one label, one split; a diverged validation ------------------------
+    Case("imagefolder-class-link-same-split", "data",
+         "a class folder that is a link to another class folder (ln -s dog train/c)",
+         _tree_with(lambda r: _relink(r / "train" / "c", r / "train" / "dog"), str,
+                    classes=("c", "cat", "dog")),
+         "those images would be read again as class 'c'"),
+    Case("imagefolder-class-link-into-train", "data",
+         "a val class folder that is a link into train/",
+         _tree_with(lambda r: _relink(r / "val" / "cat", r / "train" / "cat"), str),
+         "inside the train split"),
+    Case("imagefolder-split-link", "data", "a val/ folder that is a link to train/",
+         _tree_with(lambda r: _relink(r / "val", r / "train"), str),
+         "one split's images would be read again in the other"),
+    Case("imagefolder-image-in-two-splits", "data", "a val image that is a training image",
+         _tree_with(lambda r: _link(r / "val" / "cat" / "x.png", r / "train" / "dog" / "0.png"),
+                    str), "are the same image file"),
+    Case("run-diverged-validation", "run",
+         "a validation loss that is NaN while the training loss is finite (optim.lr: 1000)",
+         lambda ws: (ws.run_argv(ws.experiment(optim={"lr": 1000.0}, trainer=QUICK_TRAINER)),
+                     "optim.lr"),
+         "diverged: validation loss val/loss is nan", code=1),
+    # --- issue 33 (items 8-11, 18): models, numbers, SLURM options and memory -------------------
+    Case("model-heads-indivisible", "model", "model.heads: 3 (the stages' channels are 32, 64)",
+         _model_case("model.heads", heads=3),
+         "model.heads: 3 does not fit resnet_tiny: channels (32) must be divisible by 2 * heads "
+         "(6); heads that fit: 1, 2, 4, 8, 16"),
+    Case("model-window-raster", "model", "model.window: 2 with model.positions: raster",
+         _model_case("model.window", dry=True, window=2, positions="raster"),
+         "windowed attention takes only the default positions (relative2d)"),
+    Case("model-max-size-small", "model", "model.max_size: 2, below the 4x4 maps it must cover",
+         _model_case("model.max_size", dry=True, max_size=2),
+         "set model.max_size: 4 or more (in the matrix run model.fusion=dynamic, seed=1)"),
+    Case("model-window-past-tables", "model", "model.window: 8 with model.max_size: 4",
+         _model_case("model.max_size", dry=True, window=8, max_size=4),
+         "is smaller than model.window 8 plus its halo"),
+    Case("slurm-model-heads", "model", "slurm --dry-run with --set model.heads=3",
+         _slurm_case("--set", "model.heads=3", "--set", "model.fusion=sa",
+                     named="--set model.heads=3"), "heads that fit: 1, 2, 4, 8, 16"),
+    Case("exp-float-exponent", "experiment file",
+         "optim.lr: 1e-3 (YAML 1.1 reads it as text; read as the number 0.001)",
+         _text_case("name: tiny\noptim: {lr: 1e-3, weight_decay: 5E-4}\nmatrix: "
+                    "{model.fusion: [conv], seed: [1]}\n", "conv-digits-s1"),
+         "dry run (1 runs)", code=0),
+    Case("exp-float-quoted", "experiment file", "optim.lr: '1e-3' (a number in quotes)",
+         _text_case("name: tiny\noptim: {lr: '1e-3'}\n", "optim.lr"),
+         "in quotes it is text: write the number without quotes"),
+    Case("slurm-time-zero", "SLURM", "slurm --time 0 (sbatch: no limit)",
+         _slurm_case("--time", "0", named="--time '0'"), "a wall time must be positive"),
+    Case("slurm-time-malformed", "SLURM", "slurm --time abc",
+         _slurm_case("--time", "abc", named="--time 'abc'"),
+         "expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"),
+    Case("slurm-time-negative", "SLURM", "slurm --time=-1",
+         _slurm_case("--time=-1", named="--time '-1'"), "expected minutes, MM:SS"),
+    Case("slurm-time-out-of-range", "SLURM", "slurm --time 99:99:99",
+         _slurm_case("--time", "99:99:99", named="--time '99:99:99'"),
+         "99 minutes (must be below 60)"),
+    Case("slurm-signal-before-start", "SLURM", "slurm --time 2 with the default 300 s notice",
+         _slurm_case("--time", "2", named="--signal-seconds 300"),
+         "the save-and-requeue notice would come before the task starts (--time 2 is 120 s)"),
+    Case("slurm-signal-short", "SLURM", "slurm --time 6: a minute to train before each notice",
+         _slurm_case("--time", "6", named="--time 6"),
+         "warning: --time 6 with --signal-seconds 300 leaves 60 s to train", code=0),
+    Case("slurm-partition-newline", "SLURM", "a newline in --partition (would end the header)",
+         _slurm_case("--partition", "gpu\n#SBATCH --qos=high", named="--partition"),
+         "holds the control character '\\n'"),
+    Case("slurm-sbatch-newline", "SLURM", "a newline in --sbatch",
+         _slurm_case("--sbatch", "--account=lab\nrm -rf ~", named="--sbatch"),
+         "must be one line of text"),
+    Case("slurm-partition-space", "SLURM", "a space in --partition",
+         _slurm_case("--partition", "gpu debug", named="--partition 'gpu debug'"),
+         "expected a partition name, or several separated by commas"),
+    Case("slurm-results-space", "SLURM", "a space, # and % in the --results path: quoted",
+         _slurm_case("--results", _spaced_results, named=lambda ws: "my results #1 100%%"),
+         '#SBATCH --output="', code=0),
+    Case("slurm-gpus-negative", "SLURM", "slurm --gpus -1",
+         _slurm_case("--gpus=-1", named="--gpus -1"), "expected 0 or more GPUs per run"),
+    Case("slurm-gpus-cpu-runs", "SLURM", "slurm --gpus 2 for runs on trainer.accelerator cpu",
+         _slurm_case("--gpus", "2", named="--gpus 2"),
+         "--set trainer.accelerator=gpu --set trainer.devices=2"),
+    Case("slurm-max-parallel-zero", "SLURM", "slurm --max-parallel 0 (was dropped silently)",
+         _slurm_case("--max-parallel", "0", named="--max-parallel 0"),
+         "expected 1 or more tasks at once"),
+    Case("slurm-mem-malformed", "SLURM", "slurm --mem 16GB",
+         _slurm_case("--mem", "16GB", named="--mem '16GB'"),
+         "expected a number of megabytes, or one with a unit K, M, G or T"),
+    Case("cli-models-size-huge", "command line", "models --size 100000 (no memory holds it)",
+         _models_case("--size", "100000", named="--size 100000"),
+         "give --size at most about"),
+    Case("run-detection-cannot-fit", "run",
+         "a detection config whose training step no machine here holds (4096 px, batch 64)",
+         _data_case(lambda ws: (_scenes_exp(ws, image_size=4096, batch_size=64),
+                                "data.batch_size 64")), "it cannot fit"),
+    # --- issue 33 (items 4-7, 16): output readers gone, report outputs, trackers, stops ------
+    Case("run-output-closed", "run", "run | head -2: the output's reader exits while the run "
+         "trains", _long_run, "standard output closed (the command reading it ended): stopping "
+         "the run as for Ctrl-C", code=130, slow=True, process=_head_2, after=_left("interrupted")),
+    Case("run-ctrl-c-output-closed", "run", "Ctrl-C with the output piped through tee (the key "
+         "press ends tee too)", _long_run, _TRAIN_HINT, code=130, slow=True,
+         process=_ctrl_c_tee_gone, after=_left("interrupted")),
+    Case("run-jobs-parent-killed", "run", "kill -9 of the parent of run --jobs 2, then the same "
+         "command", _long_run, "resuming", code=0, slow=True, process=_jobs_parent_killed,
+         after=_left("done", resumes=False)),
+    Case("sigint-twice", "signal", "Ctrl-C twice: the second stops at once, without saving",
+         _twice_case, "not saved at the stop: it resumes from its last checkpoint (step 2)",
+         code=130, slow=True, process=_killpoint_run("val:1:INT,val:2:INT"),
+         after=_left("interrupted")),
+    Case("run-jobs-summary-once", "run", "run --jobs 2 with a run that fails: the matrix's "
+         "summary once, from the parent", _jobs_failed, "all workers finished", code=1,
+         slow=True, process=_jobs_run, after=_summary_once),
+    Case("report-output-link", "report", "report -o on a link: written through to its target",
+         _report_case("--format", "md", "-o", _output_link, named=_output_link), "wrote",
+         code=0, after=_link_written_through),
+    Case("report-output-fifo", "report", "report -o on a FIFO a reader waits on",
+         _report_case("--format", "csv", "-o", _output_fifo, named=_output_fifo), "wrote",
+         code=0, after=_fifo_written_into),
+    Case("report-output-device-full", "report", "report -o /dev/full (a write that fails)",
+         _report_case("--format", "json", "-o", "/dev/full", named=lambda ws: "/dev/full"),
+         "cannot write it (No space left on device)", after=_still_a_device),
+    Case("report-html-missing-folder", "report", "report --html in a folder that does not exist",
+         _report_case("--html", _missing_folder, named=_missing_folder),
+         "does not exist; create it first", after=_no_folder_made),
+    Case("report-output-link-loop", "report", "report -o on a link to itself",
+         _report_case("-o", _link_loop, named=_link_loop), "is a link loop"),
+    Case("exp-mlflow-uri-scheme", "experiment file", "trainer.mlflow_uri with a scheme MLflow "
+         "has no store for", lambda ws: _mlflow_exp(ws, "notascheme://x", "--dry-run"),
+         "MLflow has no tracking store for the scheme 'notascheme'"),
+    Case("run-mlflow-server-down", "run", "trainer.mlflow_uri: a tracking server that does not "
+         "answer", lambda ws: _mlflow_exp(ws, "http://127.0.0.1:9"),
+         "cannot use the MLflow tracking store", after=_no_run_folder),
+    Case("run-trackers-after-kill", "run", "kill -9 two steps after a checkpoint, then the same "
+         "command: each TensorBoard and MLflow point once", _trackers_case, "resuming", code=0,
+         slow=True, process=_then_rerun(_killpoint_run("step:5")), after=_trackers_exact),
+    # --- plugins (issue 36, docs/plugins.md) ----------------------------------------------------
+    Case("plugin-missing-file", "plugins", "plugins: [scalar_gat.py], a file that is not there",
+         _plugin_case({"scalar_gate.py": None}, ["scalar_gat.py"], "scalar_gat.py"),
+         "no such file"),
+    Case("plugin-syntax-error", "plugins", "a plugin file that is not valid Python",
+         _plugin_case({"gate.py": PLUGIN_HEAD + "\n\ndef fuse(self x):\n    pass\n"},
+                      ["gate.py"], "gate.py"), "gate.py, line 7: SyntaxError: invalid syntax"),
+    Case("plugin-import-error", "plugins", "a plugin that imports a module not installed",
+         _plugin_case({"gate.py": "import math\nimport gatelib\n"}, ["gate.py"], "gate.py"),
+         "line 2: ModuleNotFoundError: No module named 'gatelib'"),
+    Case("plugin-shadows-builtin", "plugins", "a plugin that registers a strategy as dynamic",
+         _plugin_case({"gate.py": PLUGIN_HEAD + "\n\n@register('dynamic')\nclass Mine("
+                       "AttentionFusion):\n    pass\n"}, ["gate.py"], "gate.py"),
+         "line 7: ValueError: strategy name 'dynamic' is a built-in strategy (lesa/fusion.py); "
+         "register Mine under another name"),
+    Case("plugin-shadows-builtin-dataset", "plugins", "a plugin that registers a dataset as digits",
+         _plugin_case({"data.py": "from bench.data import DATASETS, register_dataset\n"
+                       "register_dataset('digits', DATASETS['cifar10'])\n"}, ["data.py"],
+                      "data.py"), "dataset name 'digits' is a built-in dataset"),
+    Case("plugin-registers-nothing", "plugins", "a plugin file that registers nothing",
+         _plugin_case({"helpers.py": "def gate(x):\n    return x\n"}, ["helpers.py"],
+                      "helpers.py"), "registers nothing"),
+    Case("plugin-unknown-option", "plugins", "a misspelt option of a plugin's strategy",
+         _plugin_case({"scalar_gate.py": None}, ["scalar_gate.py"],
+                      "model.scalar_gate.alpha_nit", ("scalar_gate",),
+                      {"scalar_gate": {"alpha_nit": 1.0}}), "unknown key (did you mean "
+         "'alpha_init'?)"),
+    Case("plugin-option-refused", "plugins", "a value the strategy's check_options refuses",
+         _plugin_case({"scalar_gate.py": None}, ["scalar_gate.py"], "model.scalar_gate",
+                      ("scalar_gate",), {"scalar_gate": {"alpha_init": 50.0}}),
+         "alpha_init: 50.0 saturates the sigmoid; choose a value in [-20, 20]"),
+    Case("plugin-raises-in-forward", "plugins",
+         "a strategy that raises in its training forward: that run fails, the matrix goes on",
+         _plugin_case({"flaky.py": FLAKY}, ["flaky.py"], "flaky-digits-s1", ("flaky", "conv"),
+                      dry=False), "failed: RuntimeError: flaky: the context term is not ready "
+         "for training", code=1),
+    Case("check-plugin-missing", "plugins", "check-plugin on a module that is not installed",
+         _check_plugin_case({}, "no_such_gate", "no_such_gate"), "no module named"),
+    Case("check-plugin-broken", "plugins", "check-plugin on a strategy that breaks the contract",
+         _check_plugin_case({"broken_gate.py": BROKEN_GATE}, "broken_gate.py", "broken_gate"),
+         "4 passed, 8 failed: strategy broken_gate: gradients; strategy broken_gate: "
+         "determinism; strategy broken_gate: seeded init", code=1),
+    # --- issue 35: data splits as blocks (docs/statistics.md) -----------------------------------
+    Case("report-looks-with-splits", "report",
+         "a planned sequential design (analysis.looks) with data.split_seed as a matrix axis",
+         lambda ws: (["report", str(ws.experiment(
+             matrix={"model.fusion": ["conv", "dynamic"], "data.split_seed": [0, 1],
+                     "seed": [1, 2, 3, 4]}, analysis={"looks": [2, 4]})),
+             "--results", str(ws.results)], "analysis.looks"),
+         "a planned sequential design reads the seeds of one pool on one data split, but "
+         "data.split_seed is a matrix axis here (0, 1)"),
 ]
 
 
@@ -777,6 +1378,9 @@ sys.exit(main(sys.argv[2:]))
 def run_case(case: Case, ws: Workspace, capsys=None) -> tuple[int, str, str]:
     """Set the case up and run the command line; returns (exit code, output, named input)."""
     argv, named = case.setup(ws)
+    if case.process:
+        code, out = case.process(ws, argv)
+        return code, out, named
     if case.signal_at:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.run([sys.executable, "-c", SIGNAL_DRIVER, case.signal_at, *argv],
@@ -826,6 +1430,8 @@ def test_bad_input(case: Case, ws: Workspace, capsys):
         assert status["state"] == "interrupted", status
         assert rd.last_checkpoint.exists()
         assert not (rd.path / "lock").exists()
+    if case.after:
+        case.after(ws, named, out)
     if case.id.startswith("ckpt-"):
         assert squash(named + ".unreadable") in squash(out.replace("moved to ", "moved to " +
                                                                    str(Path(named).parent) + "/"))

@@ -18,4 +18,19 @@ from bench.config.schema import (DEFAULTS, ConfigError, backbone_names, check_ke
 
 __all__ = ["DEFAULTS", "ConfigError", "Experiment", "Run", "backbone_names", "check_keys",
            "choices", "experiment_from_dict", "fusion_names", "get_dotted", "load_experiment",
-           "parse_assignment", "resolve", "run_id", "schema_for", "set_dotted", "shard"]
+           "parse_assignment", "resolve", "run_id", "schema_for", "set_dotted", "shard",
+           "check_flags"]
+
+
+def check_flags(args, **wanted: str) -> None:
+    """ConfigError naming the flag when a numeric command-line option is not positive and
+    finite (argparse checks the type only); wanted: option name -> what it must be ("a positive
+    integer (worker processes)")."""
+    import math
+
+    for name, allowed in wanted.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if value <= 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: must be {allowed}")

@@ -42,7 +42,8 @@ PROBABILITY = Range(0, 1)
 _SEED = Range(0, SEED_MAX, why="seeds are unsigned 32-bit numbers")
 
 RANGES = {
-    "seed": _SEED, "data.split_seed": _SEED,
+    "seed": _SEED, "data.split_seed": _SEED, "trainer.seeds.init": _SEED,
+    "trainer.seeds.order": _SEED,
     "data.batch_size": POSITIVE, "data.num_workers": NON_NEGATIVE, "data.image_size": POSITIVE,
     "model.heads": POSITIVE, "model.max_size": POSITIVE, "model.static_weight": NON_NEGATIVE,
     "model.width": POSITIVE,
@@ -64,11 +65,40 @@ RANGES = {
 # keys whose default is null: the type a value must have when it is set
 NULLABLE = {"data.root": str, "optim.lr_batch": int, "trainer.gradient_clip_val": float,
             "model.detection.min_size": int, "model.detection.max_size": int,
-            "data.test.images": str, "data.test.annotations": str}
+            "data.test.images": str, "data.test.annotations": str,
+            "trainer.seeds.init": int, "trainer.seeds.order": int}
 # a fraction of the batches (float) or a count of them (int)
 BATCH_LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches",
                 "trainer.limit_test_batches")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+
+
+class YamlFloat(float):
+    """A number YAML 1.2 reads as a float where PyYAML (YAML 1.1) reads a string: 1e-3, 1E5,
+    1.0e5, -.5 (bench/config/experiment.py's loader). It keeps the text as written, which a key
+    that takes a string gets back (data.root: 1e3 stays "1e3"); `plain` turns it into either."""
+
+    __slots__ = ("text",)
+
+    def __new__(cls, text: str):
+        number = super().__new__(cls, float(text))
+        number.text = text
+        return number
+
+    def __reduce__(self):
+        return YamlFloat, (self.text,)
+
+
+def plain(value, takes_string: bool = False):
+    """`value` with every YamlFloat in it a float, or its text where `takes_string` (a key whose
+    value is a string, such as a path or a name)."""
+    if isinstance(value, YamlFloat):
+        return value.text if takes_string else float(value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
 
 
 def _is_number(value) -> bool:
@@ -132,3 +162,4 @@ def meaning_error(cfg: dict) -> str | None:
         return (f"model.detection.anchor_sizes: must be 4 positive sizes in pixels, one per FPN "
                 f"level P2-P5, got {sizes!r}")
     return None
+

@@ -2,7 +2,8 @@
 
 An experiment file is YAML: `name`, `seed`, sections `data`, `model`, `optim`, `trainer`
 (anything left out takes the defaults in bench/config/schema.py), a `matrix:` whose axes are
-expanded as a cartesian product, and an optional `sweep:` (bench/config/sweep.py). Matrix axes
+expanded as a cartesian product, an optional `sweep:` (bench/config/sweep.py) and `plugins:`
+(strategies and datasets of one's own, bench/plugins.py, loaded first). Matrix axes
 are either dotted config keys with a list of values (`model.fusion: [conv, dynamic]`,
 `seed: [0, 1]`), or bundle axes: any other name whose values are mappings of dotted keys set
 together, e.g.
@@ -13,7 +14,7 @@ together, e.g.
         - {data.name: digits}
         - {data.name: digit_scenes, model.backbone: resnet_small, optim.lr: 0.02}
 
-Nothing here imports torch: validation and `--dry-run` stay fast.
+Nothing here imports torch (a listed plugin may): validation and `--dry-run` stay fast.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +30,16 @@ import yaml
 
 from lesa.names import did_you_mean
 
-from bench.config.schema import (DEFAULTS, ID_WHEN_SET, NOT_IN_ID, TOP_LEVEL,
+from bench.config.analysis import validate_analysis
+from bench.config.checks import YamlFloat
+from bench.config.schema import (DEFAULTS, ID_WHEN_SET, NOT_IN_ID, NOT_RUN_KEYS, TOP_LEVEL,
                                  ConfigError, check_keys, choices, get_dotted, resolve,
                                  schema_for, set_dotted, type_name)
 from bench.config.sweep import leaf_keys, validate_sweep
 from bench.data import DATASETS
+from bench.plugins import ID_FIELDS as PLUGIN_ID_FIELDS
+from bench.plugins import PluginError, activate
+from bench.tasks import TASKS
 
 
 def _without_nulls(value):
@@ -42,14 +49,24 @@ def _without_nulls(value):
     return copy.deepcopy(value)
 
 
-def run_id(cfg: dict) -> str:
-    """Readable prefix + a hash of the resolved config (what the run computes)."""
+def run_id(cfg: dict, metrics_version: int | None = None) -> str:
+    """Readable prefix + a hash of the resolved config (what the run computes) and of its task's
+    metric definition when that is not the first (TaskSpec.metrics_version): runs stored under
+    an older definition get other ids, and are never collected with new ones. `metrics_version`
+    gives the id a run had under that definition."""
     identity = _without_nulls(cfg)
     for section, key in NOT_IN_ID:
         identity.get(section, {}).pop(key, None)
     for (section, key), default in ID_WHEN_SET.items():
         if identity.get(section, {}).get(key, default) == default:
             identity.get(section, {}).pop(key, None)
+    for record in (identity.get("plugins") or {}).values():  # the code, not where it lies
+        for key in [k for k in record if k not in PLUGIN_ID_FIELDS]:
+            record.pop(key)
+    dataset = DATASETS.get(cfg["data"]["name"])
+    version = metrics_version or (TASKS[dataset.task].metrics_version if dataset else 1)
+    if version != 1:  # not a config key (the top-level keys are TOP_LEVEL's)
+        identity["metrics_version"] = version
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg['model']['fusion']}-{cfg['data']['name']}-s{cfg['seed']}-{digest}"
 
@@ -73,6 +90,7 @@ class Experiment:
     runs: list[Run]
     sweep: dict | None = None
     raw: dict = field(default_factory=dict)
+    analysis: dict = field(default_factory=dict)  # the analysis: section (bench/config/analysis.py)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -96,6 +114,18 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     f"{first}); YAML would keep only the last one: merge them",
                     key_node.start_mark)
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.2's floats that YAML 1.1 (PyYAML) reads as strings: an exponent without a dot or
+# without a sign (1e-3, 1E5, 1.0e5), a signed leading dot (-.5). Tried after PyYAML's own int
+# and float patterns, so what YAML 1.1 reads as a number is read as before.
+YAML12_FLOAT = "tag:lesa-bench,2026:yaml12-float"
+UniqueKeyLoader.add_implicit_resolver(
+    YAML12_FLOAT, re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."))
+UniqueKeyLoader.add_constructor(
+    YAML12_FLOAT, lambda loader, node: YamlFloat(loader.construct_scalar(node)))
+yaml.SafeDumper.add_representer(YamlFloat, yaml.SafeDumper.represent_float)
 
 
 def parse_yaml(text: str):
@@ -225,11 +255,18 @@ def experiment_from_dict(raw, path: Path | None = None, overrides=(), only=()) -
         raise ConfigError(f"{path or 'experiment'}: expected a mapping at the top level, got "
                           f"{type_name(raw)}")
     check_keys("", raw, TOP_LEVEL, "unknown top-level key")
+    # before the matrix is resolved: the plugins' names, options and checks are the schema's
+    try:
+        activate(raw.get("plugins"), path.parent if path else Path.cwd())
+    except PluginError as err:
+        raise ConfigError(str(err)) from None
+    if any(text.split("=", 1)[0].strip().split(".")[0] == "plugins" for text in overrides):
+        raise ConfigError("--set plugins: list the plugins in the experiment file (`plugins:`); "
+                          "each run's config records the ones it uses")
     name = raw.get("name") or (path.stem if path else None)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"name: {name!r} must be a string of letters, digits, - and _")
-    base = {k: copy.deepcopy(v) for k, v in raw.items()
-            if k not in ("matrix", "sweep", "description", "name")}
+    base = {k: copy.deepcopy(v) for k, v in raw.items() if k not in NOT_RUN_KEYS}
     for section in ("data", "model", "optim", "trainer"):
         if section in base and not isinstance(base[section], dict):
             raise ConfigError(f"{section}: expected a mapping, got {type_name(base[section])}")
@@ -261,11 +298,50 @@ def experiment_from_dict(raw, path: Path | None = None, overrides=(), only=()) -
         if run.id in seen:
             raise ConfigError(_same_config(seen[run.id], run, late))
         seen[run.id] = run
+    _check_seed_axis(runs, matrix)
     runs = _select(runs, only)
     sweep = raw.get("sweep")
     if sweep is not None:
         sweep = validate_sweep(sweep, runs)
-    return Experiment(name, path, base, matrix, runs, sweep, raw)
+    return Experiment(name, path, base, matrix, runs, sweep, raw, _analysis(raw, runs, matrix))
+
+
+def _check_seed_axis(runs: list[Run], matrix: dict) -> None:
+    """A seed axis over runs that all set both finer seeds (trainer.seeds) would train the
+    same computation under several ids."""
+    seeds = matrix.get("seed")
+    finer = [(r.config["trainer"].get("seeds") or {}) for r in runs]
+    if isinstance(seeds, list) and len(seeds) > 1 and finer and all(
+            f.get("init") is not None and f.get("order") is not None for f in finer):
+        raise ConfigError(f"matrix.seed: {seeds!r}: every run sets both trainer.seeds.init and "
+                          f"trainer.seeds.order, so the run seed changes nothing a run "
+                          f"computes; keep seed at one value (the finer seeds are the axes)")
+
+
+def _analysis(raw: dict, runs: list[Run], matrix: dict) -> dict:
+    """The validated analysis: section; its metrics are those of the experiment's tasks, its
+    seed pool the matrix's seed axis."""
+    tasks = list(dict.fromkeys(DATASETS[r.config["data"]["name"]].task for r in runs))
+    specs = [TASKS[t] for t in tasks]
+    metrics = [m.split("/", 1)[1] for spec in specs
+               for m in dict.fromkeys(spec.headline + spec.metrics)]
+    headline = [spec.headline[0].split("/", 1)[1] for spec in specs]
+    seeds = len(matrix["seed"]) if isinstance(matrix.get("seed"), list) else 1
+    out = validate_analysis(raw.get("analysis"), list(dict.fromkeys(metrics)), headline, seeds)
+    finer = [axis for axis in matrix if axis.startswith("trainer.seeds")]
+    if out["looks"] and finer:
+        raise ConfigError(f"analysis.looks: {out['looks']}: a planned sequential design reads "
+                          f"the seeds of the seed axis in its order, but {', '.join(finer)} "
+                          f"draws them apart here; remove analysis.looks, or the finer seed axes")
+    splits = sorted({r.config["data"]["split_seed"] for r in runs})
+    if out["looks"] and "data.split_seed" in matrix and len(splits) > 1:
+        raise ConfigError(
+            f"analysis.looks: {out['looks']}: a planned sequential design reads the seeds of one "
+            f"pool on one data split, but data.split_seed is a matrix axis here "
+            f"({', '.join(map(str, splits))}), so its comparisons are two-level (splits as "
+            f"blocks); remove analysis.looks (the two-level table is then read once), or fix "
+            f"data.split_seed to one value (e.g. --only data.split_seed=0)")
+    return out
 
 
 def _same_config(first: Run, second: Run, late: list) -> str:

@@ -15,6 +15,10 @@ datamodule class named here:
             # split_seed: the val/test split, the same for every seed and strategy
         num_classes: int; in_channels: int    (known after __init__)
         def check(self) -> None:               # raise DataError on unusable input, before training
+
+A dataset of one's own (a plugin, docs/plugins.md) is one such class and
+`register_dataset(name, DatasetSpec(task, TheClass, options, check))`; DATASETS is the one
+registry every list of dataset names reads (config choices, did-you-mean, the docs' checks).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lesa.names import unknown
+from lesa.names import Registry, unknown
 
 
 class DataError(ValueError):
@@ -35,8 +39,9 @@ class DataWarning(UserWarning):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    task: str  # "classification" or "detection"
-    target: str  # "module:Class" under bench.data
+    task: str  # a key of bench.tasks.TASKS: "classification", "detection", or a plugin's
+    # the datamodule class, or "module:Class" (a module under bench.data, or a dotted path)
+    target: str | type
     options: dict = field(default_factory=dict)  # dataset-specific data.* keys and defaults
     # checks a resolved `data` section without building anything (DataError naming the key)
     check: Callable[[dict], None] | None = None
@@ -52,7 +57,7 @@ from bench.data.options import (check_coco, check_digits, check_probe_context,  
 COMMON_OPTIONS = {"name": "digits", "root": None, "download": False, "batch_size": 64,
                   "num_workers": 0, "split_seed": 0}
 
-DATASETS: dict[str, DatasetSpec] = {
+DATASETS: Registry = Registry("dataset", DatasetSpec, {
     "digits": DatasetSpec("classification", "digits:DigitsData", {
         "image_size": 32, "val_fraction": 0.15, "test_fraction": 0.2, "augment": True},
         check_digits),
@@ -80,7 +85,41 @@ DATASETS: dict[str, DatasetSpec] = {
         "train": {"images": "train", "annotations": "annotations/train.json"},
         "val": {"images": "val", "annotations": "annotations/val.json"},
         "test": {"images": None, "annotations": None}}, check_coco),
-}
+}, home="bench/data/__init__.py").seal()
+
+
+def register_dataset(name: str, spec: DatasetSpec) -> DatasetSpec:
+    """DATASETS[name] = spec (a plugin's dataset), by lesa.names.Registry's rules; an option
+    that every dataset's common keys already have is a ValueError (its task is checked when the
+    plugin has loaded: it may register both)."""
+    return DATASETS.add(name, spec, _check_spec)
+
+
+def _check_spec(name: str, spec: DatasetSpec) -> None:
+    if not isinstance(spec.options, dict) or not all(isinstance(k, str) for k in spec.options):
+        raise TypeError(f"dataset {name!r}: options must be a dict of option name -> default")
+    common = sorted(set(spec.options) & set(COMMON_OPTIONS))
+    if common:
+        raise ValueError(f"dataset {name!r}: option(s) {', '.join(common)} are keys every "
+                         f"dataset takes (data.{common[0]}); leave them out of its options")
+    if spec.check is not None and not callable(spec.check):
+        raise TypeError(f"dataset {name!r}: check must be a function of the data section")
+
+
+def unregister_dataset(name: str) -> None:
+    """Remove a dataset that is not a built-in (a plugin's, when it is unloaded)."""
+    DATASETS.remove(name)
+
+
+def target_class(target: str | type, package: str):
+    """A spec's target: the class itself, or "module:Class" (a module of `package` when the
+    module part has no dot, else a dotted import path)."""
+    if not isinstance(target, str):
+        return target
+    module_name, class_name = target.split(":")
+    if "." not in module_name:
+        module_name = f"{package}.{module_name}"
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -92,13 +131,18 @@ def dataset_spec(name: str) -> DatasetSpec:
 def check_options(data: dict) -> None:
     """DataError naming the `data.*` key when a resolved data section's options cannot work."""
     check = dataset_spec(data["name"]).check
-    if check is not None:
+    if check is None:
+        return
+    try:
         check(data)
+    except DataError:
+        raise
+    except Exception as err:  # a plugin's check that fails otherwise: still no traceback
+        raise DataError(f"data: the check of dataset {data['name']!r} failed on this data "
+                        f"section: {type(err).__name__}: {err}") from None
 
 
 def build_datamodule(data: dict, seed: int):
     """Build the datamodule for a validated `data` config section."""
-    spec = dataset_spec(data["name"])
-    module_name, class_name = spec.target.split(":")
-    cls = getattr(importlib.import_module(f"bench.data.{module_name}"), class_name)
+    cls = target_class(dataset_spec(data["name"]).target, __name__)
     return cls(seed=seed, **{k: v for k, v in data.items() if k != "name"})

@@ -73,7 +73,9 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
+def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes, fusions=None):
+    """The rows of one shape: every strategy (or those of `fusions`, --fusion), the windowed
+    sa and dynamic, timm's peers and the ceilings."""
     import torch.nn.functional as F
 
     import lesa
@@ -84,14 +86,14 @@ def _build_rows(torch, shape, heads, window, device, dtype, timm_layers, notes):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(b, c, h, w, generator=gen).to(device=device, dtype=dtype)
     rows = []
-    for fusion in lesa.FUSIONS:
+    for fusion in fusions or lesa.FUSIONS:
         torch.manual_seed(0)
         module = lesa.LESA2d(c, heads=heads, fusion=fusion, max_map_size=max_map_size)
         lesa.record_shares(module, False)  # as training loops do: sa takes its plain path
         rows.append(module_row(torch, fusion, "strategy", module, x, device, dtype))
         if fusion == "conv":
             rows[-1].result["note"] = "3x3 conv + BN: the conv peer"
-    for fusion in ("sa", "dynamic"):
+    for fusion in [f for f in ("sa", "dynamic") if not fusions or f in fusions]:
         torch.manual_seed(0)
         module = lesa.LESA2d(c, heads=heads, fusion=fusion, max_map_size=max_map_size,
                              window=window)
@@ -192,7 +194,7 @@ def table_part(torch, args, shapes, device, dtype, sync, memory, timm_layers, co
             label += f", run at B={run_b}: BottleneckAttn's L x L tensors exceed the budget"
         console.print(f"[bold]profile[/] {label}")
         rows = _build_rows(torch, run_shape, args.heads, args.window, device, dtype,
-                           timm_layers, notes)
+                           timm_layers, notes, getattr(args, "fusion", None))
         rows.append(_matmul_row(torch, args.matmul_size, device, dtype))
         run_rows(torch, rows, args.repeats, args.warmup, sync, memory,
                  lambda text: console.print(f"  {text}", style="dim"), args.min_time)

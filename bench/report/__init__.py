@@ -22,9 +22,9 @@ from bench.config import Experiment
 from bench.report.analysis import Analysis, analyse
 from bench.report.exports import atomic_output, export_records, export_text, write_output
 from bench.report.plots import plot
-from bench.report.records import Cell, RunRecord, build_cells, collect, flagged
+from bench.report.records import Cell, RunRecord, build_cells, collect, flagged, older_definition
 from bench.report.tables import print_status, print_tables
-from bench.store import RunState, experiment_dir
+from bench.store import RunDir, RunState, experiment_dir
 
 __all__ = ["Analysis", "analyse", "Cell", "RunRecord", "build_cells", "collect", "export_records", "export_text",
            "flagged", "main", "plot", "print_status", "print_tables"]
@@ -33,12 +33,13 @@ __all__ = ["Analysis", "analyse", "Cell", "RunRecord", "build_cells", "collect",
 def main(exp: Experiment, results: Path, console: Console, fmt: str | None,
          output: Path | None, plot_path: Path | None, baseline: str | None = None,
          min_effect: float | None = None, rerun: str | None = None,
-         html_path: Path | None = None) -> int:
-    """`baseline`: the strategy rows are compared with (default conv); `min_effect`: the
+         html_path: Path | None = None, compare: str | None = None) -> int:
+    """`baseline`: the strategy rows are compared with (default conv), or with `compare` (a
+    matrix axis whose values are compared) that axis's value; `min_effect`: the
     difference (in the table's units) the seeds-needed column is computed for; `rerun`: the
     command that trains these runs (the advice when none has a result)."""
     records = collect(exp, exp.runs, results)
-    analysis = analyse(exp, records, baseline, min_effect)
+    analysis = analyse(exp, records, baseline, min_effect, compare=compare)
     if not any(r.state != RunState.PENDING for r in records):
         _no_results(exp, results, Console(stderr=True) if fmt and not output else console,
                     rerun)
@@ -72,8 +73,12 @@ def _no_results(exp: Experiment, results: Path, console: Console, rerun: str | N
     # a run folder holds config.yaml; workers/, slurm/ and sweep folders are not runs
     others = [p for p in folder.iterdir() if (p / "config.yaml").is_file() and p.name not in ids] \
         if folder.is_dir() else []
-    note = (f" ({len(others)} run folder(s) there belong to other configs: a different --set "
-            f"or experiment file)" if others else "")
+    older = [p for p in others if older_definition(RunDir(p)) is not None]
+    note = (f" ({len(others) - len(older)} run folder(s) there belong to other configs: a "
+            f"different --set or experiment file)" if len(others) > len(older) else "")
+    if older:  # e.g. classification before acc1 became top-1 accuracy (docs/experiments.md)
+        note += (f" ({len(older)} run folder(s) there were stored under an older definition of "
+                 f"their metrics and are not read: train them again)")
     command = rerun or f"lesa-bench run {exp.path or exp.name}"
     console.print(f"[yellow]no results yet for {escape(exp.name)} in {escape(str(folder))}"
                   f"{escape(note)}: run `{escape(command)}` first", soft_wrap=True)

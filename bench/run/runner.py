@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bench.config import ConfigError, Experiment, Run
+from bench.config.loggers import check_tracking_stores
 from bench.resume.stops import RunInterrupted
 from bench.run.progress import MatrixProgress, past_durations, runs_snapshot, summary
 from bench.run.workers import start_workers, wait_for_workers, worker_slot
@@ -52,23 +53,25 @@ def execute(run: Run, run_dir: RunDir, console: Console, label: str = "",
     if previous.get("state") == RunState.DONE:  # another process finished it since we looked
         run_dir.unlock()
         return SKIPPED
-    if announce:  # once the run is ours: a --jobs worker finding it locked or done is quiet
-        resuming = run_dir.last_checkpoint.exists()
-        console.print(f"{escape(label)}  {'resuming' if resuming else 'starting'} {run.id}")
     start = time.time()
-    run_dir.update_status(state=RunState.RUNNING, error=None, host=socket.gethostname(),
-                          pid=os.getpid(), started=now(),
-                          attempts=previous.get("attempts", 0) + 1)
-    try:
+    resuming = run_dir.last_checkpoint.exists()
+    try:  # from here the lock is released whatever happens (a stop during the line below too)
+        run_dir.update_status(state=RunState.RUNNING, error=None, host=socket.gethostname(),
+                              pid=os.getpid(), started=now(),
+                              attempts=previous.get("attempts", 0) + 1)
+        if announce:  # once the run is ours: a --jobs worker finding it locked or done is quiet
+            console.print(f"{escape(label)}  {'resuming' if resuming else 'starting'} {run.id}")
         metrics = train_run(run, run_dir, label, extra_callbacks)
         metrics["elapsed_s"] = time.time() - start + previous.get("elapsed_s", 0.0)
         run_dir.write_metrics(metrics)
         run_dir.update_status(state=RunState.DONE, finished=now(), elapsed_s=metrics["elapsed_s"])
         return RunState.DONE
-    except (RunInterrupted, KeyboardInterrupt):
+    except (RunInterrupted, KeyboardInterrupt) as stop:
         run_dir.update_status(state=RunState.INTERRUPTED, error="interrupted (Ctrl-C or SIGTERM)",
                               elapsed_s=time.time() - start + previous.get("elapsed_s", 0.0))
-        raise RunInterrupted() from None
+        interrupted = RunInterrupted()
+        interrupted.saved = getattr(stop, "saved", False)
+        raise interrupted from None
     except Exception as err:  # noqa: BLE001 - one run's failure must not stop the matrix
         if _is_pruned(err):  # a sweep's pruner stopped this trial early: not a failure
             run_dir.update_status(state=RunState.PRUNED, error=None, finished=now(),
@@ -107,15 +110,28 @@ def _failure(err: BaseException) -> tuple[str, str]:
 
 
 def preflight(runs: list[Run]) -> None:
-    """Check every distinct dataset before anything trains (a bad root fails now, not later)."""
-    from bench.data import build_datamodule
+    """Before anything trains: check every distinct dataset (a bad root fails now, not later),
+    then the models whose input shape only the data gives (COCO at native resolution; the CLI
+    checked the others), and warn where a detection config's training memory exceeds what the
+    machine has now (bench/train/preflight.py). Of --jobs workers, the first warns for all."""
+    import warnings
 
-    seen = set()
+    from bench.data import build_datamodule
+    from bench.train.preflight import FitWarning, check_models, input_size, memory_check
+
+    modules, by_data = {}, {}
     for run in runs:
         key = repr(sorted(run.config["data"].items()))
-        if key not in seen:
-            seen.add(key)
-            build_datamodule(run.config["data"], run.config["seed"]).check()
+        if key not in by_data:
+            by_data[key] = build_datamodule(run.config["data"], run.config["seed"])
+            by_data[key].check()
+        modules[run.id] = by_data[key]
+    # the CLI checked the models whose input the config gives (`_check_models`); these, the data
+    check_models([r for r in runs if input_size(r.config) is None], datamodules=modules)
+    slot = worker_slot()
+    if slot is None or slot[0] == 0:
+        for message in memory_check(runs, modules, workers=slot[1] if slot else 1):
+            warnings.warn(message, FitWarning, stacklevel=2)
 
 
 def check_writable(root: Path) -> None:
@@ -150,17 +166,21 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
     root = experiment_dir(results, exp.name)
     check_writable(root)
     todo, counts = select(runs, root, retry_failed)
+    slot = worker_slot()  # a --jobs worker prints its runs' lines; the matrix's are the parent's
     known = ", ".join(f"{n} {state}" for state, n in counts.items())
-    console.print(f"[bold]{exp.name}[/]: {len(runs)} runs ({known}); {len(todo)} to run "
-                  f"-> {escape(str(root))}")
-    if counts.get(RunState.FAILED) and not retry_failed:
+    if not slot:
+        console.print(f"[bold]{exp.name}[/]: {len(runs)} runs ({known}); {len(todo)} to run "
+                      f"-> {escape(str(root))}")
+    if counts.get(RunState.FAILED) and not retry_failed and not slot:
         console.print(f"  {counts[RunState.FAILED]} failed before: not retried "
                       f"(add --retry-failed)")
+    if todo and not slot:  # the --jobs parent contacted the stores already
+        check_tracking_stores([run.config for run in todo])
     if todo:
         preflight(todo)
     number = {run.id: i for i, run in enumerate(todo, 1)}  # before the rotation: one numbering
-    slot = worker_slot()                                  # across workers, no two "[1/28]"
-    if slot:  # worker k of n starts k/n of the way down the list, so workers rarely collide
+    if slot:  # across workers, no two "[1/28]"; worker k of n starts k/n of the way down the
+        # list, so workers rarely collide
         k, n = slot
         todo = todo[k * len(todo) // n:] + todo[:k * len(todo) // n]
     outcomes = {}
@@ -171,13 +191,8 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
         t = time.time()
         try:
             outcome = execute(run, run_dir, console, label, announce=True)
-        except RunInterrupted:
-            if run_dir.last_checkpoint.exists():
-                console.print(f"[yellow]interrupted: {run.id} saved; run the same command to "
-                              f"resume it")
-            else:  # stopped before its fit began
-                console.print(f"[yellow]interrupted: {run.id} before its first checkpoint; run "
-                              f"the same command to start it again")
+        except RunInterrupted as stop:
+            console.print(f"[yellow]{interrupted_line(run.id, run_dir, stop.saved)}")
             return 130
         outcomes[run.id] = outcome
         if outcome == RunState.DONE:
@@ -187,9 +202,41 @@ def run_experiment(exp: Experiment, runs: list[Run], results: Path, console: Con
                 console.print(f"  {summary(runs_snapshot(runs, root), 1)}", style="dim")
     failed = [r for r, o in outcomes.items() if o == RunState.FAILED]
     done = sum(o == RunState.DONE for o in outcomes.values())
+    if slot:  # the parent prints the matrix's summary, once
+        return 1 if failed else 0
     console.print(f"finished {len(outcomes)} runs in {time.time() - t0:.0f}s: "
                   f"{done} done, {len(failed)} failed, "
                   f"{sum(o == SKIPPED for o in outcomes.values())} left to other processes")
+    return failures(runs, root, failed, console)
+
+
+def interrupted_line(run_id: str, run_dir: RunDir, saved: bool) -> str:
+    """What a stopped run says: saved at the stop, or where its resume starts from (a second
+    Ctrl-C stops without saving), or that it had no checkpoint yet."""
+    again = "run the same command to resume it"
+    if saved:
+        return f"interrupted: {run_id} saved; {again}"
+    if not run_dir.last_checkpoint.exists():  # stopped before its fit began
+        return (f"interrupted: {run_id} before its first checkpoint; run the same command to "
+                f"start it again")
+    step = _checkpoint_step(run_dir.last_checkpoint)
+    return (f"interrupted: {run_id} not saved at the stop: it resumes from its last checkpoint"
+            f"{f' (step {step})' if step is not None else ''}; {again}")
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        import torch
+
+        return int(torch.load(path, map_location="cpu", weights_only=False,
+                              mmap=True)["global_step"])
+    except Exception:  # noqa: BLE001 - only a detail of a message
+        return None
+
+
+def failures(runs: list[Run], root: Path, failed: list[str], console: Console) -> int:
+    """The lines of the runs that failed in this command (`failed`, their ids) and the exit
+    code: 1 while any run of the matrix is failed, else 0."""
     for run_id in failed:
         error = str(RunDir(root / run_id).status().get("error"))
         console.print(f"  [red]failed[/] {run_id}: {escape(error)}", soft_wrap=True)
@@ -227,6 +274,9 @@ def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], re
         return run_ddp_rank(runs, results, exp)
     root = experiment_dir(results, exp.name)
     check_writable(root)
+    before = {r.id: RunDir(root / r.id).status() for r in runs}
+    check_tracking_stores([r.config for r in runs
+                           if before[r.id].get("state") != RunState.DONE])
     threads = max(1, (os.cpu_count() or 1) // jobs)
     logs = root / "workers"
     console.print(f"[bold]{exp.name}[/]: {jobs} workers x {threads} thread(s); their full "
@@ -245,9 +295,17 @@ def run_workers(argv: list[str], jobs: int, exp: Experiment, runs: list[Run], re
         states[state] = states.get(state, 0) + 1
     console.print(f"all workers finished in {time.time() - t0:.0f}s: "
                   + ", ".join(f"{n} {s}" for s, n in states.items()))
+    failed = [r.id for r in runs if _failed_since(RunDir(root / r.id).status(), before[r.id])]
+    failures(runs, root, failed, console)
     if 130 in codes:
         return 130
     return 0 if states.get(RunState.DONE, 0) == len(runs) else 1
+
+
+def _failed_since(status: dict, before: dict) -> bool:
+    """Whether a run failed in this command (its attempts went up since `before`)."""
+    return status.get("state") == RunState.FAILED and \
+        status.get("attempts", 0) != before.get("attempts", 0)
 
 
 def _headline(run: Run, run_dir: RunDir) -> str:

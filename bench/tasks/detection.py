@@ -245,6 +245,17 @@ class DetectionTask(L.LightningModule):
         for key in (*COCO_KEYS, *AITOD_BUCKETS):
             self.log(f"test/{key}", result[key])
 
+    def prediction_arrays(self) -> dict | None:
+        """Every test image's detections and ground truth, packed for predictions.npz
+        (bench.stats.ap.pack_detections)."""
+        from bench.stats.ap import pack_detections
+
+        preds, targets = self.test_predictions
+        if not preds:
+            return None
+        return pack_detections([{k: v.numpy() for k, v in p.items()} for p in preds],
+                               [{k: v.numpy() for k, v in t.items()} for t in targets])
+
     def configure_optimizers(self):
         epochs = self.hparams.max_epochs
         steps = max(1, self.trainer.estimated_stepping_batches // max(1, epochs))

@@ -82,15 +82,18 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
     from bench.resume.batches import ResumableData
     from bench.resume.point import resume_point
     from bench.resume.stops import raise_if_stopped, stopping
-    from bench.tasks import TASKS, build_task
+    from bench.tasks import TASKS, build_task, run_seeds
     from bench.train.callbacks import CostsAndShares
     from bench.train.shares import ShareAnalysis
 
     _quiet_lightning()
     cfg = run.config
     spec = TASKS[dataset_spec(cfg["data"]["name"]).task]
-    L.seed_everything(cfg["seed"], workers=True, verbose=False)
-    datamodule = build_datamodule(cfg["data"], cfg["seed"])
+    # the data's seed (trainer.seeds.order, else the run seed): batch order, augmentation,
+    # fresh training canvases; the weights take the init seed (build_task)
+    _, order = run_seeds(cfg)
+    L.seed_everything(order, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg["data"], order)
     datamodule.check()
     task = build_task(cfg, datamodule)
     costs = CostsAndShares()
@@ -120,13 +123,12 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
         if launched:
             end_ddp_run(launched)
     test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
-    if getattr(task, "test_predictions", None) and trainer.is_global_zero:
-        from bench.stats.ap import pack_detections
-
-        preds, targets = task.test_predictions
-        run_dir.write_predictions(pack_detections(
-            [{k: v.numpy() for k, v in p.items()} for p in preds],
-            [{k: v.numpy() for k, v in t.items()} for t in targets]))
+    # the task's per-test-image record (bench/tasks: prediction_arrays), for the report's
+    # tests over test images
+    if trainer.is_global_zero and hasattr(task, "prediction_arrays"):
+        arrays = task.prediction_arrays()
+        if arrays:
+            run_dir.write_predictions(arrays)
     score = trainer.checkpoint_callback.best_model_score
     return {
         "test": test_metrics,
@@ -138,4 +140,7 @@ def train_run(run: Run, run_dir: RunDir, label: str = "", extra_callbacks=()) ->
         "shares_init": share_analysis.initial,
         "val_shares": costs.summary.get("val_shares"),
         "environment": env,
+        # what the stored numbers mean (the version is also in the run id: bench/tasks)
+        "metrics_version": spec.metrics_version,
+        "metric_definitions": spec.definitions,
     }
