@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from bench.config import Experiment
 from bench.report.analysis import Analysis, analyse
-from bench.report.exports import atomic_output, export_records, export_text, write_output
+from bench.report.exports import atomic_output, emit, export_records, export_text
 from bench.report.plots import plot
 from bench.report.records import Cell, RunRecord, build_cells, collect, flagged, older_definition
 from bench.report.tables import print_status, print_tables
@@ -44,12 +44,7 @@ def main(exp: Experiment, results: Path, console: Console, fmt: str | None,
         _no_results(exp, results, Console(stderr=True) if fmt and not output else console,
                     rerun)
     if fmt:
-        text = export_text(exp, records, fmt, analysis)
-        if output:
-            write_output(output, text)
-            console.print(f"wrote {escape(str(output))}")
-        else:
-            print(text, end="")
+        emit(export_text(exp, records, fmt, analysis), output, console)
     else:
         print_tables(exp, records, console, analysis)
     if plot_path:

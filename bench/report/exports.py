@@ -15,6 +15,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from rich.markup import escape
+
 from bench.config import ConfigError, Experiment
 from bench.report.analysis import Analysis, Row, analyse
 from bench.report.interval_exports import cell_extras, csv_lines, headline_export, images_export
@@ -333,3 +335,12 @@ def atomic_output(path: Path, flag: str):
 def write_output(path: Path, text: str, flag: str = "--output") -> None:
     with atomic_output(path, flag) as tmp:
         tmp.write_text(text)
+
+
+def emit(text: str, output: Path | None, console) -> None:
+    """An export: written to `output` (and said on the console), else printed to stdout."""
+    if output:
+        write_output(output, text)
+        console.print(f"wrote {escape(str(output))}")
+    else:
+        print(text, end="")

@@ -19,8 +19,8 @@ from scipy import stats
 from bench.report.records import SeedPair, seed_of, split_of
 from bench.stats.blocks import BlockComparison, blocks, compare_blocks_all, two_way
 from bench.stats.compare import CellStats, Comparison, compare_all, describe
-from bench.stats.variance import (PairingGain, SeedComponents, VarianceTable, pairing_gain,
-                                  seed_components, variance_table)
+from bench.stats.variance import (PairingGain, SeedComponents, VarianceTable, components,
+                                  pairing_gain, seed_components, variance_table)
 
 
 def _sorted(keys):
@@ -167,18 +167,10 @@ def seed_split(values: Mapping[Hashable, float | None]) -> SeedSplit | None:
         notes.append("no split has a complete grid of at least 2 inits x 2 orders")
         return SeedSplit(SeedComponents(0, 0, None, None, None, note="; ".join(notes)), per)
     v_init, v_order, v_res = (float(np.mean(x)) for x in zip(*raw))
-    pooled = SeedComponents(len(inits), len(orders), max(0.0, v_init), max(0.0, v_order),
-                            v_res)
-    pooled.clamped = [k for k, x in (("init", v_init), ("order", v_order)) if x < 0]
-    if pooled.clamped:
-        notes.append(f"negative estimate(s) clamped at 0: {', '.join(pooled.clamped)}")
+    pooled = components(len(inits), len(orders), v_init, v_order, v_res, notes)
     if len(raw) < len(per):
-        notes.append(f"pooled over the {len(raw)} of {len(per)} splits with a grid")
-    total = pooled.var_init + pooled.var_order + pooled.var_residual
-    if total > 0:
-        pooled.share_init, pooled.share_order, pooled.share_residual = (
-            pooled.var_init / total, pooled.var_order / total, pooled.var_residual / total)
-    pooled.note = "; ".join(notes)
+        pooled.note = "; ".join(filter(None, [
+            pooled.note, f"pooled over the {len(raw)} of {len(per)} splits with a grid"]))
     return SeedSplit(pooled, per, used)
 
 

@@ -211,16 +211,24 @@ def seed_components(values: Mapping[tuple, float | None]) -> SeedComponents:
         return SeedComponents(len(inits), len(orders), None, None, None, dropped=dropped,
                               note="; ".join(notes))
     tw = two_way([[cells[(i, o)] for o in orders] for i in inits])
-    out = SeedComponents(len(inits), len(orders), tw.var_rows, tw.var_cols, tw.var_error,
-                         dropped=dropped)
-    out.clamped = [k for k, raw in (("init", tw.var_rows_raw), ("order", tw.var_cols_raw))
-                   if raw < 0]
+    return components(len(inits), len(orders), tw.var_rows_raw, tw.var_cols_raw, tw.var_error,
+                      notes, dropped)
+
+
+def components(n_init: int, n_order: int, var_init: float, var_order: float,
+               var_residual: float, notes: list[str], dropped=()) -> SeedComponents:
+    """SeedComponents from raw moment estimates: negatives clamped at 0 (and said), shares of
+    their sum."""
+    out = SeedComponents(n_init, n_order, max(0.0, var_init), max(0.0, var_order),
+                         var_residual, dropped=list(dropped))
+    out.clamped = [k for k, raw in (("init", var_init), ("order", var_order)) if raw < 0]
+    notes = list(notes)
     if out.clamped:
         notes.append(f"negative estimate(s) clamped at 0: {', '.join(out.clamped)}")
-    total = tw.var_rows + tw.var_cols + tw.var_error
+    total = out.var_init + out.var_order + out.var_residual
     if total > 0:
         out.share_init, out.share_order, out.share_residual = (
-            tw.var_rows / total, tw.var_cols / total, tw.var_error / total)
+            out.var_init / total, out.var_order / total, out.var_residual / total)
     out.note = "; ".join(notes)
     return out
 

@@ -126,7 +126,7 @@ def print_sweep_report(exp: Experiment, results: Path, console: Console, fmt: st
     per group the expected-best (or best-so-far) curves against trials and training hours,
     their crossings, the tuning variance of repeated studies and the tuned-vs-default
     comparison; as tables, an export (`fmt`, to `output` or stdout), a chart, an HTML page."""
-    from bench.report import atomic_output, write_output
+    from bench.report import atomic_output, emit
     from bench.report.sweep_exports import sweep_html, sweep_text, write_plot
     from bench.report.tables import rich_table
     from bench.report.sweep_views import sweep_tables
@@ -144,12 +144,7 @@ def print_sweep_report(exp: Experiment, results: Path, console: Console, fmt: st
     view = analyse_sweep(exp.name, where, studies, tuned=tuned_view(exp, results, baseline))
     lines = ["best parameters:", *_best_lines(studies)]
     if fmt:
-        text = sweep_text(view, fmt)
-        if output:
-            write_output(output, text)
-            console.print(f"wrote {escape(str(output))}")
-        else:
-            print(text, end="")
+        emit(sweep_text(view, fmt), output, console)
     else:
         console.print(rich_table(study_table(studies, f"{exp.name}: sweep ({where})")))
         for line in lines:
