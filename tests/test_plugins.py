@@ -332,6 +332,9 @@ def test_from_a_folder_outside_the_repository(tmp_path):
     assert code == 0 and "[" in row and ("not resolved" in row or "better" in row
                                          or "worse" in row), out
     assert "plugins: " in out and "scalar_gate@" in out
+    for fmt in ("md", "json"):  # every export says which plugin code each row is
+        code, out = _cli(folder, "report", "exp.yaml", "--format", fmt)
+        assert code == 0 and "scalar_gate@" in out, out
     code, out = _cli(folder, "sweep", "exp.yaml", "--workers", "2", "--only",
                      "model.fusion=scalar_gate")
     assert code == 0 and "2/2" in out, out

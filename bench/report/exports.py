@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from bench.config import ConfigError, Experiment
+from bench.plugins import versions_text
 from bench.report.analysis import Analysis, Row, analyse
 from bench.report.interval_exports import cell_extras, csv_lines, headline_export, images_export
 from bench.report.records import FLAGGED, RunRecord, environments, flagged
@@ -115,6 +116,8 @@ def export_records(exp: Experiment, records: list[RunRecord],
             "families": _families(a),
             "baseline": a.baseline, "baseline_note": a.baseline_note, "alpha": a.alpha,
             "analysis": a.design, "min_effect": a.min_effect, "cells": cells,
+            "plugins": {r.run.id: versions_text(r.run.config) for r in records
+                        if versions_text(r.run.config)},  # the plugin code each run used
             "buckets": _buckets(a),
             "bootstrap": _bootstrap(a),
             "images": images_export(a),  # classification: tests over test images

@@ -17,7 +17,6 @@ from rich.table import Table
 from bench.config import Experiment, Run
 from bench.data import DATASETS
 from bench.plugins import other_versions, versions_text
-from bench.plugins import summary as plugin_summary
 from bench.report.analysis import Analysis, analyse
 from bench.report.records import FLAGGED, RunRecord, collect, is_row_axis, short, value_text
 from bench.report.views import Line, TextTable, report_items
@@ -189,6 +188,3 @@ def print_tables(exp: Experiment, records: list[RunRecord], console: Console,
             console.print(table)
         for note in item.notes:
             console.print(f"  {escape(note)}", style="dim", soft_wrap=True)
-    used = plugin_summary([r.run.config for r in records])
-    if used:  # which code the plugin rows are (bench/plugins.py)
-        console.print(f"plugins: {escape(used)}", style="dim", soft_wrap=True)

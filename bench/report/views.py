@@ -10,6 +10,7 @@ the environment the runs came from.
 """
 from __future__ import annotations
 
+from bench.plugins import summary as plugin_summary
 from bench.report.analysis import Analysis, Row
 from bench.report.families import Family
 from bench.report.interval_views import (headline_tables, image_table, seed_table_view,
@@ -416,6 +417,9 @@ def run_lines(records: list[RunRecord]) -> list[Line]:
                         "them and training amplifies it, so one config can give other numbers "
                         "in each", "warning", "mixed environments:"))
         out += [Line(f"{label}: {len(ids)} run(s)", indent=True) for label, ids in envs.items()]
+    used = plugin_summary([r.run.config for r in records])
+    if used:  # which code the plugin rows are (bench/plugins.py)
+        out.append(Line(f"plugins: {used}", "dim"))
     return out
 
 
