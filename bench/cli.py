@@ -341,7 +341,7 @@ def cmd_slurm(args, console: Console) -> int:
 
         return submit_look(exp, args.results, console, lambda runs: slurm.submit(
             exp, runs, res, args.results, slurm.selection_args(args), console, args.dry_run,
-            args.retry_failed))
+            args.retry_failed), retry_failed=args.retry_failed)
     return slurm.submit(exp, exp.runs, res, args.results, slurm.selection_args(args), console,
                         args.dry_run, args.retry_failed)
 

@@ -87,7 +87,7 @@ def step(exp: Experiment, results: Path, baseline: str | None = None) -> Step:
 def summary(s: Step) -> str:
     stopped = ", ".join(f"{n} {verdict}" for verdict, n in sorted(s.stopped.items()))
     return (f"{s.open} comparisons open" + (f"; stopped: {stopped}" if stopped else "")
-            + f"; {sum(1 for _ in s.needed)} runs in the next look, {len(s.todo)} to train")
+            + f"; {len(s.needed)} runs in the next look, {len(s.todo)} to train")
 
 
 def run_until_resolved(exp: Experiment, results: Path, console: Console, jobs: int = 1,
@@ -98,6 +98,16 @@ def run_until_resolved(exp: Experiment, results: Path, console: Console, jobs: i
 
     looks = exp.analysis.get("looks") or []
     trained = 0
+
+    def train(runs: list[Run], retry: bool) -> int:
+        if jobs > 1:  # the workers train exactly these runs (a hidden --run-ids)
+            worker_argv = [a for a in argv or [] if a not in ("--until-resolved",
+                                                              "--retry-failed")]
+            worker_argv += ["--run-ids", ",".join(r.id for r in runs)]
+            return run_workers(worker_argv + (["--retry-failed"] if retry else []), jobs, exp,
+                               runs, results, console)
+        return run_experiment(exp, runs, results, console, retry_failed=retry)
+
     while True:
         s = step(exp, results, baseline)
         if s.blocked and not retry_failed:
@@ -105,9 +115,12 @@ def run_until_resolved(exp: Experiment, results: Path, console: Console, jobs: i
                           f"{', '.join(s.blocked)}; fix the cause and re-run with "
                           f"--retry-failed", soft_wrap=True)
             return 1
-        if retry_failed:
-            s.todo += [r for r in exp.runs if r.id in s.blocked]
+        if s.blocked:  # --retry-failed: those first, once
             retry_failed = False
+            code = train([r for r in exp.runs if r.id in s.blocked], True)
+            if code != 0:
+                return code
+            continue
         if s.look is None:
             _finish(exp, results, console, baseline, trained)
             return 0
@@ -118,12 +131,7 @@ def run_until_resolved(exp: Experiment, results: Path, console: Console, jobs: i
             return 1
         console.print(f"[bold]look {s.look} of {len(looks)}[/] ({looks[s.look - 1]} seeds per "
                       f"cell where a comparison is open): {summary(s)}", highlight=False)
-        if jobs > 1:
-            worker_argv = _without_flag(argv or [], "--until-resolved") + [
-                "--run-ids", ",".join(r.id for r in s.todo)]
-            code = run_workers(worker_argv, jobs, exp, s.todo, results, console)
-        else:
-            code = run_experiment(exp, s.todo, results, console)
+        code = train(s.todo, False)
         trained += len(s.todo)
         if code == 130:
             console.print("[yellow]stopped: run the same command to go on at this look")
@@ -147,25 +155,23 @@ def _finish(exp: Experiment, results: Path, console: Console, baseline: str | No
                   f"{escape(str(exp.path or exp.name))}`", highlight=False, soft_wrap=True)
 
 
-def _without_flag(argv: list[str], flag: str) -> list[str]:
-    return [a for a in argv if a != flag]
-
-
-def submit_look(exp: Experiment, results: Path, console: Console, submit, baseline=None) -> int:
-    """`slurm --until-resolved`: submit the next look's runs as one array (`submit(runs)`), or
-    say that the design is finished. Re-invoked after the array finished, it moves on."""
+def submit_look(exp: Experiment, results: Path, console: Console, submit, baseline=None,
+                retry_failed: bool = False) -> int:
+    """`slurm --until-resolved`: submit the next look's runs as one array (`submit(runs)`, the
+    failed ones too with `retry_failed`), or say that the design is finished. Re-invoked after
+    the array finished, it moves on."""
     s = step(exp, results, baseline)
     looks = exp.analysis["looks"]
     if s.look is None:
         _finish(exp, results, console, baseline, 0)
         return 0
-    if s.blocked:
+    if s.blocked and not retry_failed:
         console.print(f"[red]--until-resolved:[/] the next look reads runs that failed: "
                       f"{', '.join(s.blocked)}; fix the cause and submit with --retry-failed",
                       soft_wrap=True)
         return 1
     console.print(f"[bold]look {s.look} of {len(looks)}[/]: {summary(s)}", highlight=False)
-    code = submit(s.todo)
+    code = submit(s.todo + [r for r in exp.runs if r.id in s.blocked])
     command = shlex.join(["lesa-bench", "slurm", str(exp.path or exp.name), "--until-resolved"])
     console.print(f"when this array has finished, run `{escape(command)}` again: it reads the "
                   f"look's decisions and submits the next look (or says the design is done)",

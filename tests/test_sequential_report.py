@@ -272,3 +272,39 @@ def test_a_killed_loop_resumes_at_its_look_and_ends_as_an_uninterrupted_one(tiny
                         for c in json.loads(text)["cells"] if c["comparison"]})
     assert reports[0] == reports[1]
     assert yaml.safe_load(exp.read_text())["analysis"]["looks"] == [2, 3]
+
+
+def test_a_failed_run_holds_the_loop_until_retried(planned, tmp_path, monkeypatch):
+    """A run the next look reads has failed: the loop says so and stops; with --retry-failed
+    it trains that run again first (retrying failures only), then goes on with the look."""
+    import io
+
+    from rich.console import Console
+
+    import bench.run.runner as runner
+    from bench.looks import run_until_resolved
+
+    results = tmp_path / "results"
+    exp = load_experiment(planned)
+    values = _values(np.random.default_rng(0))
+    _plant(planned, results, {k: v for k, v in values.items() if k[1] < 3})
+    failed = next(r for r in exp.runs if (r.config["model"]["fusion"], r.config["seed"])
+                  == ("conv", 2))
+    RunDir(results / "tiny" / failed.id).update_status(state="failed", error="planted")
+    calls = []
+
+    def fake(exp_, runs, results_, console, retry_failed=False):
+        calls.append(([r.id for r in runs], retry_failed))
+        _plant(planned, results, {(r.config["model"]["fusion"], r.config["seed"]):
+                                  values[(r.config["model"]["fusion"], r.config["seed"])]
+                                  for r in runs})
+        return 0
+
+    monkeypatch.setattr(runner, "run_experiment", fake)
+    console = Console(file=io.StringIO(), width=200)
+    assert run_until_resolved(exp, results, console) == 1 and not calls
+    assert "runs that failed" in console.file.getvalue() and failed.id in console.file.getvalue()
+    assert run_until_resolved(exp, results, console, retry_failed=True) == 0
+    assert calls[0] == ([failed.id], True)  # the failed run first, as a retry
+    assert all(not retry for _, retry in calls[1:])
+    assert "design finished" in console.file.getvalue()
