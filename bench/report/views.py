@@ -81,8 +81,8 @@ def verdict_text(row: Row) -> str:
         return text
     if c.stop_reason == "open":
         return "open"
-    reason = "" if c.stop_reason in ("efficacy", "equivalence") else f"{c.stop_reason}, "
-    return f"{text} ({reason}look {c.look}/{len(c.looks)})"
+    reason = "" if c.stop_reason in ("efficacy", "equivalence") else f": {c.stop_reason}"
+    return f"{text} (look {c.look}/{len(c.looks)}{reason})"
 
 
 def seeds_text(row: Row) -> str:
