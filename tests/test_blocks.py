@@ -184,8 +184,9 @@ def test_one_split_rows_match_compare_all():
 def test_zero_spread_of_split_means():
     b = {(s, r): float(10 * s + r) for s in range(3) for r in range(2)}
     c = compare_blocks({k: v + 2 for k, v in b.items()}, b)
-    assert (c.diff, c.ci_low, c.ci_high, c.p) == (2.0, 2.0, 2.0, 0.0) and c.verdict == BETTER
-    assert "zero spread" in c.note
+    # no t-test without spread: the exact sign test over the 3 split means, 2^(1-3)
+    assert (c.diff, c.ci_low, c.ci_high, c.p) == (2.0, 2.0, 2.0, 0.25)
+    assert c.verdict == NOT_RESOLVED and "zero spread" in c.note
 
 
 # --- ANOVA helpers ----------------------------------------------------------------------------

@@ -269,3 +269,16 @@ def test_seeds_needed_in_a_table_allow_for_holm_and_exceed_the_seeds_at_hand():
     sd = float(np.std(np.array([94.1, 95.2]) - np.array([95.0, 96.0]), ddof=1))
     raw = seeds_needed(-0.85, sd, 0.05 / 3)
     assert a.seeds_needed == max(raw, 3)
+
+
+def test_equal_differences_of_a_discrete_metric_are_no_t_test_evidence():
+    """Two seeds whose models differ by the same 7 of 359 test images: the differences agree
+    to float rounding, the t-test's p would be ~1e-6; the report uses the exact sign test
+    instead (p = 2^(1 - n) = 0.5 at two pairs), so nothing is resolved on two seeds."""
+    base = {0: 100 * 341 / 359, 1: 100 * 337 / 359}
+    row = {0: 100 * 348 / 359, 1: 100 * 344 / 359}
+    assert np.std([row[s] - base[s] for s in base]) < 1e-12  # equal, up to rounding
+    c = compare(row, base)
+    assert c.p == 0.5 and c.verdict == NOT_RESOLVED and "sign test" in c.note
+    five = compare({s: 1.0 + s for s in range(6)}, {s: float(s) for s in range(6)})
+    assert five.p == 2.0 ** -5 and five.verdict == BETTER  # six pairs, every one +1

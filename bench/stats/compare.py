@@ -255,6 +255,11 @@ def _conclude(c: Comparison, family: int = 1) -> Comparison:
     return c
 
 
+def _no_spread(sd: float, diff: float) -> bool:
+    """Zero spread, up to float rounding (equal differences of a discrete metric)."""
+    return sd <= 1e-9 * max(1.0, abs(diff))
+
+
 def _wilcoxon(a: np.ndarray, b: np.ndarray) -> float | None:
     if len(a) < 2 or np.all(a - b == 0):
         return None
@@ -313,10 +318,13 @@ def compare(values_a: Mapping[Hashable, float | None], values_b: Mapping[Hashabl
             res = stats.ttest_rel(a, b)
             ci = res.confidence_interval(conf)
         p = float(res.pvalue)
-        if sd == 0:
-            p = 1.0 if diff == 0 else 0.0  # t = 0/0 or +-inf: the test's limits
+        if _no_spread(sd, diff):
+            # t = 0/0 or +-inf: the t-test says nothing (a discrete metric, e.g. 7 of 359 images
+            # both times); every difference has one sign: the exact sign test's p
+            sd, p = 0.0, 1.0 if diff == 0 else 2.0 ** (1 - n)
             ci_low = ci_high = diff
-            notes.append("the paired differences have zero spread")
+            notes.append(f"the paired differences have zero spread: no t-test; the exact sign "
+                         f"test gives p = {p:.3g}")
         else:
             ci_low, ci_high = float(ci.low), float(ci.high)
         p_w = _wilcoxon(a, b)
@@ -339,11 +347,12 @@ def compare(values_a: Mapping[Hashable, float | None], values_b: Mapping[Hashabl
     if len(a) >= 2 and len(b) >= 2:
         var_a, var_b = float(a.var(ddof=1)), float(b.var(ddof=1))
         sd = math.sqrt((var_a + var_b) / 2)
-        if sd == 0:
-            p = 1.0 if diff == 0 else 0.0
+        if _no_spread(sd, diff):  # the t-test says nothing; the exact Mann-Whitney p instead
+            sd, p = 0.0, 1.0 if diff == 0 else 2.0 / math.comb(len(a) + len(b), len(a))
             ci_low = ci_high = diff
             se, df = 0.0, float(len(a) + len(b) - 2)
-            notes.append("both cells have zero spread")
+            notes.append(f"both cells have zero spread: no t-test; the exact Mann-Whitney test "
+                         f"gives p = {p:.3g}")
         else:
             res = stats.ttest_ind(a, b, equal_var=False)
             ci = res.confidence_interval(conf)

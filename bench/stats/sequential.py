@@ -226,12 +226,14 @@ def complete_looks(plan: Plan, n_seeds: int) -> int:
 
 # --- decisions --------------------------------------------------------------------------------
 def t_pvalue(diff, se, df):
-    """Two-sided p of t = diff / se at ``df`` (arrays broadcast). se = 0: the test's limits,
-    0 where diff != 0 and 1 where diff == 0; NaN stays NaN."""
+    """Two-sided p of t = diff / se at ``df`` (arrays broadcast). se = 0 (equal differences of a
+    discrete metric): the exact sign test's p, 2^-df (1 where diff == 0); NaN stays NaN."""
     diff, se, df = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (diff, se, df)))
     with np.errstate(divide="ignore", invalid="ignore"):
         p = 2 * stats.t.sf(np.abs(diff / se), df)
-    p = np.where(se == 0, np.where(diff == 0, 1.0, 0.0), p)
+    # no spread (up to float rounding): the exact sign test, all n = df + 1 differences agree
+    flat = se <= 1e-9 * np.maximum(1.0, np.abs(diff))
+    p = np.where(flat, np.where(diff == 0, 1.0, 2.0 ** -df), p)
     return np.where(np.isnan(diff) | np.isnan(se) | np.isnan(df), np.nan, p)
 
 
