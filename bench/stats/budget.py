@@ -195,11 +195,16 @@ def _seconds(trials: list[Trial]) -> np.ndarray:
 
 
 def default_budgets(top: float, unit: float = 1.0) -> list[float]:
-    """unit, 2 unit, 4 unit, ... below top, then top: the budgets of the table."""
+    """unit, 2 unit, 4 unit, ... below top, then top (a doubling within 10 % of top left out):
+    the budgets of the table."""
     out = [unit]
     while out[-1] * 2 < top * (1 - 1e-9):
         out.append(out[-1] * 2)
-    return out + [top] if top > unit * (1 + 1e-9) else out
+    if top <= unit * (1 + 1e-9):
+        return out
+    if len(out) > 1 and top < 1.1 * out[-1]:  # a column that would read as the top's twin
+        out.pop()
+    return out + [top]
 
 
 def budget_curve(trials: Sequence[Trial], sampler: str, direction: str = "maximize",
