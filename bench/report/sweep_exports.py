@@ -210,9 +210,10 @@ def sweep_figure(view: SweepView):
                                linestyle="--")
             if axis == SECONDS:
                 ax.set_xscale("log")
-                plain = FuncFormatter(lambda v, _: f"{v:g}")
-                ax.xaxis.set_major_formatter(plain)
-                ax.xaxis.set_minor_formatter(plain)
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                # minor ticks labelled at 2 and 5 only: every one overlaps its neighbours
+                ax.xaxis.set_minor_formatter(FuncFormatter(
+                    lambda v, _: f"{v:g}" if v > 0 and f"{v:.0e}"[0] in "25" else ""))
                 ax.set_xlabel(f"training time, {unit} (summed over trials)")
             else:
                 ax.set_xlabel("trials")
