@@ -280,5 +280,10 @@ def test_equal_differences_of_a_discrete_metric_are_no_t_test_evidence():
     assert np.std([row[s] - base[s] for s in base]) < 1e-12  # equal, up to rounding
     c = compare(row, base)
     assert c.p == 0.5 and c.verdict == NOT_RESOLVED and "sign test" in c.note
+    # as the store holds them: computed in float32, the two differences disagree by ~1e-6
+    f32 = {k: {s: float(np.float32(v)) for s, v in d.items()} for k, d in (("r", row), ("b", base))}
+    assert np.std([f32["r"][s] - f32["b"][s] for s in base]) > 1e-7
+    c32 = compare(f32["r"], f32["b"])
+    assert c32.p == 0.5 and c32.verdict == NOT_RESOLVED
     five = compare({s: 1.0 + s for s in range(6)}, {s: float(s) for s in range(6)})
     assert five.p == 2.0 ** -5 and five.verdict == BETTER  # six pairs, every one +1

@@ -240,7 +240,10 @@ def sequential(rows: dict[str, dict], baseline: str, plan, pool: list,
                 diffs[j, i] = rows[name][seed] - base[seed]
     out = {}
     looks = list(plan.looks)
-    for name, d in zip(members, decide(plan, diffs, higher_is_better).rows() if members else []):
+    scale = max((abs(v) for r in rows.values() for v in r.values() if v is not None and math.isfinite(v)),
+                default=1.0)
+    decisions = decide(plan, diffs, higher_is_better, scale).rows() if members else []
+    for name, d in zip(members, decisions):
         low = high = effect = None
         if d.n >= 2 and d.sd is not None and d.bound is not None:
             half = float(stats.t.isf(d.bound / 2, d.n - 1)) * d.sd / math.sqrt(d.n)

@@ -255,9 +255,16 @@ def _conclude(c: Comparison, family: int = 1) -> Comparison:
     return c
 
 
-def _no_spread(sd: float, diff: float) -> bool:
+def rounding(scale) -> np.ndarray:
+    """What float rounding leaves of an exact tie between values of this magnitude: metrics
+    are computed and stored in float32 (7 digits), so 100 * 346/359 - 100 * 341/359 and
+    100 * 350/359 - 100 * 345/359 differ by ~1e-6 although the same 5 images separate both."""
+    return 1e-6 * np.maximum(1.0, np.abs(np.asarray(scale, dtype=float)))
+
+
+def _no_spread(sd: float, diff: float, scale: float) -> bool:
     """Zero spread, up to float rounding (equal differences of a discrete metric)."""
-    return sd <= 1e-9 * max(1.0, abs(diff))
+    return sd <= rounding(scale)
 
 
 def _wilcoxon(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -318,10 +325,11 @@ def compare(values_a: Mapping[Hashable, float | None], values_b: Mapping[Hashabl
             res = stats.ttest_rel(a, b)
             ci = res.confidence_interval(conf)
         p = float(res.pvalue)
-        if _no_spread(sd, diff):
+        scale = float(max(np.abs(a).max(), np.abs(b).max()))
+        if _no_spread(sd, diff, scale):
             # t = 0/0 or +-inf: the t-test says nothing (a discrete metric, e.g. 7 of 359 images
             # both times); every difference has one sign: the exact sign test's p
-            sd, p = 0.0, 1.0 if diff == 0 else 2.0 ** (1 - n)
+            sd, p = 0.0, 1.0 if abs(diff) <= rounding(scale) else 2.0 ** (1 - n)
             ci_low = ci_high = diff
             notes.append(f"the paired differences have zero spread: no t-test; the exact sign "
                          f"test gives p = {p:.3g}")
@@ -347,8 +355,10 @@ def compare(values_a: Mapping[Hashable, float | None], values_b: Mapping[Hashabl
     if len(a) >= 2 and len(b) >= 2:
         var_a, var_b = float(a.var(ddof=1)), float(b.var(ddof=1))
         sd = math.sqrt((var_a + var_b) / 2)
-        if _no_spread(sd, diff):  # the t-test says nothing; the exact Mann-Whitney p instead
-            sd, p = 0.0, 1.0 if diff == 0 else 2.0 / math.comb(len(a) + len(b), len(a))
+        scale = float(max(np.abs(a).max(), np.abs(b).max()))
+        if _no_spread(sd, diff, scale):  # the t-test says nothing; the exact Mann-Whitney p instead
+            tie = abs(diff) <= rounding(scale)
+            sd, p = 0.0, 1.0 if tie else 2.0 / math.comb(len(a) + len(b), len(a))
             ci_low = ci_high = diff
             se, df = 0.0, float(len(a) + len(b) - 2)
             notes.append(f"both cells have zero spread: no t-test; the exact Mann-Whitney test "

@@ -33,7 +33,8 @@ import numpy as np
 from scipy import optimize, special, stats
 
 from bench.stats import SPENDINGS
-from bench.stats.compare import BETTER, EQUIVALENT, NOT_RESOLVED, WORSE, holm_union, tost_pvalue
+from bench.stats.compare import (BETTER, EQUIVALENT, NOT_RESOLVED, WORSE, holm_union, rounding,
+                                 tost_pvalue)
 
 VERDICTS = (NOT_RESOLVED, BETTER, WORSE, EQUIVALENT)  # the codes of Decisions.verdict
 REASONS = ("open", "efficacy", "equivalence", "futility", "last look")  # Decisions.reason
@@ -225,15 +226,16 @@ def complete_looks(plan: Plan, n_seeds: int) -> int:
 
 
 # --- decisions --------------------------------------------------------------------------------
-def t_pvalue(diff, se, df):
+def t_pvalue(diff, se, df, scale=1.0):
     """Two-sided p of t = diff / se at ``df`` (arrays broadcast). se = 0 (equal differences of a
-    discrete metric): the exact sign test's p, 2^-df (1 where diff == 0); NaN stays NaN."""
+    discrete metric, up to the float rounding of values of magnitude ``scale``): the exact sign
+    test's p, 2^-df (1 where diff == 0); NaN stays NaN."""
     diff, se, df = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (diff, se, df)))
     with np.errstate(divide="ignore", invalid="ignore"):
         p = 2 * stats.t.sf(np.abs(diff / se), df)
     # no spread (up to float rounding): the exact sign test, all n = df + 1 differences agree
-    flat = se <= 1e-9 * np.maximum(1.0, np.abs(diff))
-    p = np.where(flat, np.where(diff == 0, 1.0, 2.0 ** -df), p)
+    tol = rounding(scale)
+    p = np.where(se <= tol, np.where(np.abs(diff) <= tol, 1.0, 2.0 ** -df), p)
     return np.where(np.isnan(diff) | np.isnan(se) | np.isnan(df), np.nan, p)
 
 
@@ -302,12 +304,13 @@ def _conditional_power(plan, k, mean, sd, crit_d, crit_e):
     return power_d, power_e
 
 
-def decide(plan: Plan, diffs, higher_is_better: bool = True) -> Decisions:
+def decide(plan: Plan, diffs, higher_is_better: bool = True, scale: float = 1.0) -> Decisions:
     """The verdicts of a sequential plan from paired differences (row - baseline, the values'
     units) shaped (experiments, comparisons, seeds) or (comparisons, seeds), in seed-pool
     order, NaN for seeds not trained (yet). Look k reads each comparison's first n_k seeds
     (extra seeds are ignored); it is read once every comparison still open has them all.
-    Stateless: the same data give the same decisions."""
+    Stateless: the same data give the same decisions. ``scale``: the magnitude of the values
+    the differences come from (float rounding below it is no spread)."""
     d = np.asarray(diffs, dtype=float)
     if d.ndim not in (2, 3):
         raise ValueError(f"diffs must be (comparisons, seeds) or (experiments, comparisons, "
@@ -340,7 +343,7 @@ def decide(plan: Plan, diffs, higher_is_better: bool = True) -> Decisions:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean, sd = x.mean(axis=2), x.std(axis=2, ddof=1)
         se = sd / math.sqrt(n)
-        p_d = t_pvalue(mean, se, n - 1)
+        p_d = t_pvalue(mean, se, n - 1, scale)
         p_e = tost_pvalue(mean, se, n - 1, margin) if margin is not None else np.ones(shape)
         while True:  # re-test at this look while rejections raise the level
             level = np.maximum(count, 1) - 1
