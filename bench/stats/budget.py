@@ -458,8 +458,7 @@ def tuning_variance(best: Mapping[str, Sequence[float | None]],
 
 
 # --- the sweep loop's budget check ------------------------------------------------------------
-BUDGET_REACHED = "budget reached"
-RUNNING_FILL = "the running trials fill the budget"
+BUDGET_REACHED, RUNNING_FILL = "budget reached", "the running trials fill the budget"
 
 
 @dataclass
@@ -492,13 +491,8 @@ def budget_status(trials: Sequence[Trial], budget: Mapping[str, float]) -> Budge
     spent = float(secs.sum())
     typical = float(secs.mean()) if len(secs) else 0.0
     ahead = sum(max(t.seconds or 0.0, typical) for t in running)
-    reached = fill = False
-    if "trials" in budget:
-        reached |= len(done) >= budget["trials"]
-        fill |= len(done) + len(running) >= budget["trials"]
-    if "hours" in budget:
-        limit = budget["hours"] * 3600.0
-        reached |= spent >= limit
-        fill |= spent + ahead >= limit
+    trials, limit = budget.get("trials", math.inf), budget.get("hours", math.inf) * 3600.0
+    reached = len(done) >= trials or spent >= limit
+    fill = len(done) + len(running) >= trials or spent + ahead >= limit
     reason = BUDGET_REACHED if reached else (RUNNING_FILL if fill else None)
     return BudgetStatus(reached, reason is None, reason, len(done), spent, ahead)

@@ -233,8 +233,7 @@ def t_pvalue(diff, se, df, scale=1.0):
     diff, se, df = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (diff, se, df)))
     with np.errstate(divide="ignore", invalid="ignore"):
         p = 2 * stats.t.sf(np.abs(diff / se), df)
-    # no spread (up to float rounding): the exact sign test, all n = df + 1 differences agree
-    tol = rounding(scale)
+    tol = rounding(scale)  # all n = df + 1 differences agree: the exact sign test
     p = np.where(se <= tol, np.where(np.abs(diff) <= tol, 1.0, 2.0 ** -df), p)
     return np.where(np.isnan(diff) | np.isnan(se) | np.isnan(df), np.nan, p)
 
@@ -485,8 +484,7 @@ def design(plan: Plan, sd: float, m: int, effect: float | None = None, n_sim: in
     return {
         "looks": list(plan.looks), "spending": plan.spending, "alpha": plan.alpha,
         "margin": plan.margin, "sd": sd, "m": m, "effect": float(effect), "rho": rho,
-        "level": plan.alpha / m, "futility": plan.futility,
-        "bounds": table_d[m - 1].tolist(),
+        "level": plan.alpha / m, "futility": plan.futility, "bounds": table_d[m - 1].tolist(),
         "equivalence_bounds": table_e[m - 1].tolist() if plan.margin is not None else None,
         "fwer": null["fwer"], "fwer_mcse": null["fwer_mcse"],
         "power": alt["power"], "power_mcse": alt["power_mcse"],
