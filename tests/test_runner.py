@@ -202,9 +202,13 @@ def test_a_saving_process_ignores_the_stop_its_parent_passes_on(sigint, sent, se
     """A `run --jobs` / `sweep --workers` worker hit by a terminal's Ctrl-C is sent a SIGTERM by
     its parent as well: once the worker saves, it must not cut the save short; before, it must
     still stop the worker."""
+    def defaults():  # a shell started under nohup passes SIGHUP on ignored, which is respected
+        for sig in (signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+
     proc = subprocess.run([sys.executable, "-c", _SIGNALS_SCRIPT, sigint, *sent.split()],
                           cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                          preexec_fn=defaults)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == seen
 
