@@ -318,7 +318,7 @@ def test_memory_check_warns_with_settings_that_fit_and_refuses_what_cannot(tmp_p
 
 
 MEASURE = r"""
-import json, resource, sys
+import json, re, sys
 import torch
 from bench.config.schema import resolve
 from bench.costs.memory import training_peak
@@ -335,10 +335,14 @@ detector = build_detector(backbone, classes, detection_options(cfg["model"]), (0
 images = [torch.rand(3, size, size) for _ in range(cfg["data"]["batch_size"])]
 targets = [{"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([1])}
            for _ in images]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def status(key):  # bytes
+    return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+# the peak is reset to the current RSS first: an earlier, higher transient peak (imports, the
+# build) would otherwise hide part of the step's growth
+open("/proc/self/clear_refs", "w").write("5")
+before = status("VmRSS")
 sum(detector(images, targets).values()).backward()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"measured": after - before, "estimate": estimate}))
+print(json.dumps({"measured": status("VmHWM") - before, "estimate": estimate}))
 """
 
 

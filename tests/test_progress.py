@@ -125,7 +125,9 @@ def _check_numbering(text: str, total: int) -> None:
 
 @pytest.mark.slow
 def test_run_jobs_in_a_log_file(tiny_experiment, tmp_path):
-    exp = tiny_experiment(trainer={"max_epochs": 2})
+    # runs of several seconds: the parent reads the store once a second (workers.POLL_S), and it
+    # must see a state with some runs done and some not
+    exp = tiny_experiment(trainer={"max_epochs": 6, "limit_train_batches": 10})
     results = tmp_path / "results"
     log = tmp_path / "run.log"
     with open(log, "w") as f:

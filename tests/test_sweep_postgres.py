@@ -61,7 +61,10 @@ def postgres():
 def _study(storage, name: str):
     import optuna
 
-    return optuna.load_study(study_name=f"{name}/conv/digits", storage=storage)
+    from bench.tasks import TASKS
+
+    version = TASKS["classification"].metrics_version  # study names carry it (bench/sweep/cells.py)
+    return optuna.load_study(study_name=f"{name}/conv/digits/metrics=v{version}", storage=storage)
 
 
 def _states(study) -> dict:
