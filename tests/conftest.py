@@ -23,6 +23,35 @@ TINY = {
 }
 
 
+def image_tree(root: Path, splits=("train", "val"), classes=("cat", "dog"), per_class=2) -> Path:
+    """An ImageFolder tree of small random PNGs: root/<split>/<class>/<i>.png."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for name in classes:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def wait_for(predicate, proc, timeout: float = 300.0) -> bool:
+    """Poll `predicate` until it holds (True), or until `proc` ends or the timeout passes (False)."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
 @pytest.fixture
 def tiny_experiment(tmp_path: Path):
     """Write a tiny experiment file; returns (path, results_dir). Accepts overrides via .with_()."""

@@ -27,7 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import TINY  # noqa: E402
+from conftest import TINY, image_tree  # noqa: E402
 
 # fast training settings for the cases that get as far as training
 QUICK_TRAINER = {"max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1,
@@ -95,20 +95,6 @@ class Workspace:
 
 
 # --- data builders ----------------------------------------------------------------------------
-
-
-def image_tree(root: Path, splits=("train", "val"), classes=("cat", "dog"), per_class=2) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in splits:
-        for name in classes:
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-    return root
 
 
 def imagefolder_exp(ws: Workspace, root: Path) -> Path:

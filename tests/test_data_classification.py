@@ -14,6 +14,7 @@ from bench.data import DATASETS, DataError, build_datamodule
 from bench.data.base import BatchKey, SeededBatches, stratified_split
 from bench.data.digits import DigitsData
 from bench.data.images import CIFAR10Data, CIFAR100Data, ImageFolderData
+from conftest import image_tree
 
 
 def first_batch(loader):
@@ -92,7 +93,7 @@ def test_digits_same_seed_same_batches_and_augmentation_applied(digits):
 @pytest.mark.parametrize("make", [lambda tmp: DigitsData(seed=0),
                                   lambda tmp: CIFAR10Data(seed=0,
                                                           root=write_fake_cifar10(tmp).parent),
-                                  lambda tmp: ImageFolderData(seed=0, root=make_tree(tmp),
+                                  lambda tmp: ImageFolderData(seed=0, root=image_tree(tmp),
                                                               image_size=8)],
                          ids=["digits", "cifar10", "imagefolder"])
 def test_augmentation_is_per_image_and_follows_the_batch_seed(tmp_path, make):
@@ -233,19 +234,8 @@ def test_cifar_missing_data_says_where_to_put_it(tmp_path):
 # ImageFolder
 
 
-def make_tree(root, splits=("train", "val"), classes=("cat", "dog"), per_class=2):
-    rng = np.random.default_rng(0)
-    for split in splits:
-        for name in classes:
-            (root / split / name).mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-    return root
-
-
 def test_imagefolder_loads_batches(tmp_path):
-    make_tree(tmp_path)
+    image_tree(tmp_path)
     dm = ImageFolderData(seed=0, root=tmp_path, batch_size=3, image_size=8)
     assert (dm.num_classes, dm.in_channels) == (2, 3)  # known before check()
     dm.check()
@@ -260,7 +250,7 @@ def test_imagefolder_loads_batches(tmp_path):
 
 
 def test_imagefolder_uses_test_folder_when_present(tmp_path):
-    make_tree(tmp_path, splits=("train", "val", "test"), per_class=1)
+    image_tree(tmp_path, splits=("train", "val", "test"), per_class=1)
     dm = ImageFolderData(seed=0, root=tmp_path, image_size=8)
     dm.setup()
     assert all("/test/" in path for path, _ in dm.test_set.samples)
@@ -275,7 +265,7 @@ def test_imagefolder_errors_name_the_path(tmp_path, case):
     if case == "no_root":
         root = None
     elif case != "missing_root":
-        make_tree(root)
+        image_tree(root)
     if case == "no_train":
         shutil.rmtree(root / "train")
         expected = root / "train"
@@ -294,7 +284,7 @@ def test_imagefolder_errors_name_the_path(tmp_path, case):
         (root / "val" / "dog").rename(root / "val" / "bird")
         expected = root / "val"
     elif case == "test_classes_differ":
-        make_tree(root, splits=("test",), classes=("cat",))
+        image_tree(root, splits=("test",), classes=("cat",))
         expected = root / "test"
     dm = ImageFolderData(seed=0, root=root, image_size=8)
     with pytest.raises(DataError) as err:
@@ -305,7 +295,7 @@ def test_imagefolder_errors_name_the_path(tmp_path, case):
 
 
 def test_corrupt_image_raises_data_error_naming_the_file(tmp_path):
-    make_tree(tmp_path)
+    image_tree(tmp_path)
     bad = tmp_path / "val" / "cat" / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     dm = ImageFolderData(seed=0, root=tmp_path, batch_size=8, image_size=8)
@@ -358,7 +348,7 @@ def test_alpha_palette_and_cmyk_images_convert_and_bad_ranges_are_refused(tmp_pa
 
 
 def test_a_16_bit_png_in_an_imagefolder_is_not_white(tmp_path):
-    make_tree(tmp_path)
+    image_tree(tmp_path)
     path = tmp_path / "val" / "cat" / "deep.png"
     Image.fromarray(np.full((12, 10), 257 * 60, np.uint16)).save(path)
     dm = ImageFolderData(seed=0, root=tmp_path, batch_size=3, image_size=8)
@@ -367,7 +357,7 @@ def test_a_16_bit_png_in_an_imagefolder_is_not_white(tmp_path):
 
 
 def test_links_in_class_folders_are_followed_or_refused_naming_the_link(tmp_path):
-    make_tree(tmp_path)
+    image_tree(tmp_path)
     outside = tmp_path.parent / f"{tmp_path.name}-shared"
     outside.mkdir()
     Image.new("RGB", (10, 12)).save(outside / "extra.png")

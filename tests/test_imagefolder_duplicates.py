@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from bench.data import DataError
 from bench.data.images import ImageFolderData
-
-
-def make_tree(root, splits=("train", "val"), classes=("cat", "dog"), per_class=2):
-    rng = np.random.default_rng(0)
-    for split in splits:
-        for name in classes:
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-    return root
+from conftest import image_tree
 
 
 def replace_by_link(at, to):
@@ -43,14 +32,14 @@ def refused(root, *named):
 
 def test_a_class_folder_linked_to_another_class_folder_is_refused(tmp_path):
     # `ln -s dog train/c`: dog's images would be read again as class c
-    make_tree(tmp_path, classes=("c", "cat", "dog"))
+    image_tree(tmp_path, classes=("c", "cat", "dog"))
     replace_by_link(tmp_path / "train" / "c", tmp_path / "train" / "dog")
     message = refused(tmp_path, tmp_path / "train" / "c", tmp_path / "train" / "dog")
     assert "as class 'c'" in message
 
 
 def test_a_class_folder_linked_into_another_split_is_refused(tmp_path):
-    make_tree(tmp_path, splits=("train", "val", "test"))
+    image_tree(tmp_path, splits=("train", "val", "test"))
     replace_by_link(tmp_path / "val" / "cat", tmp_path / "train" / "cat")
     message = refused(tmp_path, tmp_path / "val" / "cat", tmp_path / "train" / "cat")
     assert "inside the train split" in message
@@ -59,15 +48,15 @@ def test_a_class_folder_linked_into_another_split_is_refused(tmp_path):
 
 
 def test_a_split_folder_linked_to_another_split_is_refused(tmp_path):
-    make_tree(tmp_path, splits=("train",))
+    image_tree(tmp_path, splits=("train",))
     (tmp_path / "val").symlink_to(tmp_path / "train", target_is_directory=True)
     assert "split folders" in refused(tmp_path, tmp_path / "val", tmp_path / "train")
 
 
 def test_two_class_folders_linked_to_one_folder_outside_the_tree_are_refused(tmp_path):
     data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
-    make_tree(data)
-    make_tree(elsewhere, splits=("pool",), classes=("animals",))
+    image_tree(data)
+    image_tree(elsewhere, splits=("pool",), classes=("animals",))
     replace_by_link(data / "train" / "cat", elsewhere / "pool" / "animals")
     check(data)  # one class folder kept elsewhere: fine
     replace_by_link(data / "train" / "dog", elsewhere / "pool" / "animals")
@@ -82,7 +71,7 @@ def test_two_class_folders_linked_to_one_folder_outside_the_tree_are_refused(tmp
 
 
 def test_an_image_reached_twice_is_refused_naming_both_paths(tmp_path):
-    make_tree(tmp_path, splits=("train", "val", "test"))
+    image_tree(tmp_path, splits=("train", "val", "test"))
     check(tmp_path)
     # across splits: a val image that is a training image
     link = tmp_path / "val" / "cat" / "x.png"
@@ -102,8 +91,8 @@ def test_an_image_reached_twice_is_refused_naming_both_paths(tmp_path):
 
 def test_links_out_of_the_tree_are_still_followed(tmp_path):
     data, outside = tmp_path / "data", tmp_path / "outside"
-    make_tree(data)
-    make_tree(outside, splits=("store",), classes=("cat",), per_class=1)
+    image_tree(data)
+    image_tree(outside, splits=("store",), classes=("cat",), per_class=1)
     (data / "train" / "cat" / "shared").symlink_to(outside / "store" / "cat",
                                                    target_is_directory=True)
     dm = ImageFolderData(seed=0, root=data, image_size=8)

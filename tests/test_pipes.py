@@ -22,7 +22,7 @@ from bench.store import RunDir, run_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import TINY  # noqa: E402
+from conftest import TINY, wait_for  # noqa: E402
 
 ONE_RUN = {**TINY, "trainer": {"max_epochs": 2, "limit_train_batches": 3, "limit_val_batches": 1,
                                "limit_test_batches": 1},
@@ -113,17 +113,6 @@ def _rerun(exp: Path, results: Path) -> str:
     return proc.stdout
 
 
-def _wait_for(predicate, proc, timeout=300.0) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
-
-
 def test_run_piped_into_head_stops_as_interrupted_and_resumes(tmp_path):
     """`lesa-bench run EXP | head -2`: head exits after two lines; the run's next line finds no
     reader. Before: `failed: BrokenPipeError`, exit 1, and a re-run refused it."""
@@ -175,7 +164,7 @@ def test_ctrl_c_with_the_output_pipe_closed(tmp_path):
         dirs = list(run_dirs(results, "tiny").values())
         return dirs and dirs[0].last_checkpoint.exists() and dirs[0].status().get("epoch", 0) >= 1
 
-    assert _wait_for(training, proc)
+    assert wait_for(training, proc)
     proc.stdout.close()  # tee is gone
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=120) == 130
@@ -200,7 +189,7 @@ def test_killing_the_jobs_parent_stops_its_workers_as_interrupted(tmp_path):
         return len(dirs) == 2 and all(rd.status().get("state") == "running"
                                       and rd.last_checkpoint.exists() for rd in dirs)
 
-    assert _wait_for(both_training, proc)
+    assert wait_for(both_training, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     dirs = list(run_dirs(results, "tiny").values())

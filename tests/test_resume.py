@@ -5,13 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import killpoints
 from bench.store import run_dirs
+from conftest import wait_for
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,17 +38,6 @@ def _start(exp: Path, results: Path, *extra: str, own_group: bool = False) -> su
                             else _sigint_as_in_a_terminal)
 
 
-def _wait_for(predicate, proc, timeout=240.0):
-    start = time.time()
-    while time.time() - start < timeout:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
-
-
 def _running_with_checkpoint(results: Path):
     for rd in run_dirs(results, "tiny").values():
         status = rd.status()
@@ -64,7 +53,7 @@ def test_sigkill_mid_training_resumes_from_checkpoint(tiny_experiment, tmp_path)
     results = tmp_path / "results"
     proc = _start(exp, results)
     # let the first run finish and the second get past its first epoch, then kill -9
-    assert _wait_for(lambda: any(rd.status().get("state") == "done"
+    assert wait_for(lambda: any(rd.status().get("state") == "done"
                                  for rd in run_dirs(results, "tiny").values())
                      and _running_with_checkpoint(results) is not None, proc), proc.communicate()
     victim = _running_with_checkpoint(results)
@@ -92,7 +81,7 @@ def test_ctrl_c_saves_marks_interrupted_and_resumes(tiny_experiment, tmp_path):
                           matrix={"model.fusion": ["conv"], "seed": [0]})
     results = tmp_path / "results"
     proc = _start(exp, results)
-    assert _wait_for(lambda: _running_with_checkpoint(results) is not None, proc)
+    assert wait_for(lambda: _running_with_checkpoint(results) is not None, proc)
     os.kill(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
@@ -314,7 +303,7 @@ def test_a_stop_of_run_jobs_reaches_its_workers_once(tiny_experiment, tmp_path, 
         return len(dirs) == 2 and all(
             rd.status().get("state") == "running" and rd.last_checkpoint.exists() for rd in dirs)
 
-    assert _wait_for(both_training, proc)
+    assert wait_for(both_training, proc)
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)
     else:
